@@ -1,0 +1,166 @@
+"""safebench command line. Exit codes: 0 success, 1 a check failed (regression), 2 bad usage or input."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from safebench import __version__
+from safebench.errors import CheckFailed, UsageError
+
+# Areas that add their own subcommands through `register(subparsers)`.
+PLUGIN_COMMANDS = (
+    "safebench.evals.cli",          # generate, serve
+    "safebench.evals.judge.cli",    # judge, judge-validate
+    "safebench.reports.cli",        # report, check, reproduce
+)
+
+
+def _methods(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> None:
+    parser.add_argument("--preset", default="tiny", help="preset: tiny | smol | paper (see `safebench list presets`)")
+    if methods:
+        parser.add_argument("--methods", type=_methods, default=None,
+                            help="comma-separated methods, e.g. sft,ppo-lag,repo (default: the preset's)")
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any config field, e.g. --set trainers.sft.lr=1e-5 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_run(args) -> int:
+    from safebench import config as config_module
+    from safebench.pipeline import run_pipeline
+
+    config, recipes = config_module.resolve(args.preset, args.methods, args.overrides)
+    out = args.out or Path("runs") / args.preset
+    manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
+    summary = (out / "summary.md").read_text()
+    print(summary)
+    executed = manifest["_executed"]
+    print(f"run directory: {out}  ({len(executed)} stage(s) run, {len(manifest['_skipped'])} reused)")
+    if (out / "report.html").exists():
+        print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train one method (and what it depends on) without evaluating it."""
+    from safebench import config as config_module
+    from safebench.pipeline import run_pipeline
+
+    config, recipes = config_module.resolve(args.preset, [args.method], [*args.overrides, "suites=[]"])
+    out = args.out or Path("runs") / args.preset
+    manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
+    print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Score every unscored sample of a run with its reward and cost models."""
+    from safebench import config as config_module
+    from safebench.pipeline import run_pipeline
+    from safebench.store import RunStore
+
+    manifest = RunStore(args.run).manifest()
+    cfg = manifest["config"]
+    config, recipes = config_module.resolve(cfg["preset"], cfg["methods"], args.overrides)
+    run_pipeline(config, recipes, args.run, quiet=args.quiet)
+    print((Path(args.run) / "summary.md").read_text())
+    return 0
+
+
+def cmd_list(args) -> int:
+    from safebench import registry
+
+    if args.what == "methods":
+        for name in registry.method_names():
+            print(f"{name:12s} {registry.load_recipe(name).get('description', '')}")
+    elif args.what == "suites":
+        from safebench.evals.suites import load_suite
+
+        for name in registry.suite_names():
+            suite = load_suite(name)
+            print(f"{name:24s} {suite.kind:13s} {suite.description}")
+    else:
+        for name in registry.preset_names():
+            print(f"{name:8s} {registry.load_yaml(registry.presets_dir() / f'{name}.yaml').get('description', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safebench", description="Benchmark suite for safe RLHF methods.")
+    parser.add_argument("--version", action="version", version=f"safebench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train methods, generate on suites, score, report")
+    add_run_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    train = sub.add_parser("train", help="train one method (and its dependencies) without evaluating")
+    train.add_argument("method")
+    add_run_options(train, methods=False)
+    train.set_defaults(handler=cmd_train)
+
+    score = sub.add_parser("score", help="score a run's unscored samples with its reward and cost models")
+    score.add_argument("run", type=Path)
+    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    score.add_argument("--quiet", action="store_true")
+    score.set_defaults(handler=cmd_score)
+
+    listing = sub.add_parser("list", help="list methods, suites or presets")
+    listing.add_argument("what", choices=["methods", "suites", "presets"])
+    listing.set_defaults(handler=cmd_list)
+
+    for module_name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that area is not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Library chatter (weight-loading reports, hub warnings) would drown the stage log."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    quiet_libraries()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except UsageError as exc:
+        print(f"safebench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except CheckFailed as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("safebench: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

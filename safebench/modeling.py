@@ -1,0 +1,99 @@
+"""Loading and saving policies and score models; the prompt templates.
+
+Checkpoints are ordinary safetensors directories: `AutoModelForCausalLM.from_pretrained`
+loads a policy, `AutoModelForSequenceClassification` (num_labels=1) a reward or cost model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from safebench.errors import UsageError
+
+PLAIN_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def format_prompt(tokenizer, prompt: str, template: str) -> str:
+    """The text a model sees before its answer: Safe RLHF's plain template or the model's chat template."""
+    if template == "plain":
+        return PLAIN_TEMPLATE.format(prompt=prompt)
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise UsageError(f"template 'chat': tokenizer {tokenizer.name_or_path!r} has no chat template; use template: plain")
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    raise UsageError(f"template {template!r}: expected 'plain' or 'chat'")
+
+
+def encode_pair(tokenizer, prompt_text: str, response: str | None, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt (+ response + eos) and the number of prompt tokens.
+
+    Prompt and response are tokenised separately, as at generation time, so the response
+    tokens a model is trained on are the ones it would produce after that prompt.
+    """
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    if response is None:
+        return prompt_ids[-max_length:], min(len(prompt_ids), max_length)
+    response_ids = tokenizer(" " + response, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    ids = (prompt_ids + response_ids)[:max_length]
+    return ids, min(len(prompt_ids), len(ids))
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if side == "right":
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        else:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def check_model_dir(path: str | Path, what: str = "model") -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{what} path '{path}' does not exist")
+    if not (path / "config.json").exists():
+        raise UsageError(f"{what} path '{path}' is not a checkpoint directory (no config.json)")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(path: str | Path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+
+
+def load_score_model(path: str | Path, dtype: str = "float32"):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=DTYPES[dtype])
+    if model.config.pad_token_id is None:
+        tokenizer = load_tokenizer(path)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

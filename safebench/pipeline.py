@@ -1,0 +1,322 @@
+"""The stage graph of a run.
+
+    data ─► base ─► sft ─► reward-model ─┐
+                     │     cost-model ───┼─► method (one per recipe) ─► generate(suite) ─► score ─► [judge] ─► report
+                     └───────────────────┘
+
+A stage's key is a hash of its own config and its inputs' keys. A finished stage has a
+DONE.json written last; rerunning skips it. Checkpoints are built in a temporary directory
+and renamed into place, so a killed stage never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from safebench import __version__, data as data_module, registry
+from safebench.config import RunConfig
+from safebench.evals import suites as suites_module
+from safebench.evals.generation import GenerationConfig, run_generation
+from safebench.hashing import sha256_dir, sha256_file, stable_hash
+from safebench.store import RunStore, atomic_directory, atomic_write_json
+from safebench.trainers.base import TrainContext
+
+# Bump when the tiny world's generator changes, so cached data stages are not reused.
+WORLD_VERSION = 1
+
+
+def git_state() -> dict:
+    root = registry.project_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "safebench": __version__}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "vllm", "openai"):
+        try:
+            from importlib.metadata import version
+
+            found[name] = version(name if name != "vllm" else "vllm")
+        except Exception:
+            try:
+                found[name] = version(f"{name}-cpu")
+            except Exception:
+                found[name] = None
+    return found
+
+
+class Pipeline:
+    def __init__(self, config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.config = config
+        self.recipes = recipes
+        self.run_dir = Path(run_dir)
+        self.quiet = quiet
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.store = RunStore(self.run_dir)
+        self.manifest = {
+            "safebench_version": __version__, "status": "running", "preset": config.preset,
+            "config": config.model_dump(mode="json"), "config_hash": config.hash(),
+            "git": git_state(), "versions": versions(), "seeds": {"run": config.seed},
+            "assets": {}, "stages": {}, "methods": {}, "evaluations": [], "timings": {},
+        }
+        self.data_dir: Path | None = None
+        self.executed: list[str] = []
+        self.skipped: list[str] = []
+
+    # --- the generic stage runner -------------------------------------------------------
+    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
+        key = stable_hash({"stage": name, **key_material})
+        directory = self.store.stage_dir(name, key)
+        self.manifest["stages"][name] = {"key": key, "dir": str(directory.relative_to(self.run_dir))}
+        if self.store.stage_done(name, key):
+            self.log(f"[skip] {name} ({key}): already done")
+            self.skipped.append(name)
+            self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
+            return key, directory
+        self.log(f"[run ] {name} ({key})")
+        start = time.time()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.store.mark_started(name, key)
+        meta = build(directory) or {}
+        seconds = round(time.time() - start, 3)
+        self.store.mark_done(name, key, {**meta, "seconds": seconds})
+        self.manifest["timings"][name] = seconds
+        self.executed.append(name)
+        self.write_manifest()
+        return key, directory
+
+    def write_manifest(self) -> None:
+        atomic_write_json(self.store.manifest_path, self.manifest)
+
+    def train_stage(self, name: str, key_material: dict, ctx_kwargs: dict) -> tuple[str, Path]:
+        recipe = self.recipes[name]
+        module = registry.trainer_module(recipe.trainer)
+
+        def build(directory: Path) -> dict:
+            with atomic_directory(directory / "model") as tmp:
+                ctx = TrainContext(
+                    name=name, stage_key=stable_hash({"stage": name, **key_material}), out_dir=tmp,
+                    work_dir=directory / "work", seed=self.config.seed, data=self.world_data,
+                    template=self.config.policy.template, dtype=self.config.policy.dtype,
+                    store=self.store, run_config=self.config, quiet=self.quiet, **ctx_kwargs,
+                )
+                try:
+                    module.train(ctx, recipe)
+                finally:
+                    ctx.close()
+            return {"sha256": sha256_dir(directory / "model")}
+
+        return self.stage(name, {"recipe": recipe.model_dump(mode="json"), **key_material}, build)
+
+    # --- the graph -------------------------------------------------------------------------
+    def run(self) -> dict:
+        config = self.config
+        self.write_manifest()
+        data_key, self.data_dir = self.stage(
+            "data", {"data": config.data.model_dump(mode="json"), "seed": config.seed, "world": WORLD_VERSION},
+            lambda d: data_module.prepare(config.data, config.seed, d),
+        )
+        self.manifest["assets"].update(
+            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))}
+        )
+        self.world_data = data_module.load(self.data_dir)
+        base_key, base_dir = self.base_model(data_key)
+
+        common = {"data": data_key, "template": config.policy.template, "dtype": config.policy.dtype,
+                  "seed": config.seed}
+        sft_key, sft_dir = self.train_stage("sft", {"base": base_key, **common}, {"policy_dir": base_dir})
+        sft_model = sft_dir / "model"
+        scorer_keys, scorer_dirs = {}, {}
+        for name in ("reward-model", "cost-model"):
+            key, directory = self.train_stage(name, {"sft": sft_key, **common}, {"policy_dir": sft_model})
+            scorer_keys[name], scorer_dirs[name] = key, directory / "model"
+
+        method_keys: dict[str, str] = {"sft": sft_key}
+        method_dirs: dict[str, Path] = {"sft": sft_model}
+        for name in self.method_order():
+            if name == "sft":
+                continue
+            needs = self.recipes[name].needs
+            key, directory = self.train_stage(
+                name,
+                {"sft": sft_key, "reward": scorer_keys["reward-model"], "cost": scorer_keys["cost-model"],
+                 "needs": {n: method_keys[n] for n in needs}, **common},
+                {"policy_dir": sft_model, "reward_model_dir": scorer_dirs["reward-model"],
+                 "cost_model_dir": scorer_dirs["cost-model"], "method_dirs": {n: method_dirs[n] for n in needs}},
+            )
+            method_keys[name], method_dirs[name] = key, directory / "model"
+        for name in config.methods:
+            self.manifest["methods"][name] = {
+                "key": method_keys[name], "checkpoint": str(method_dirs[name].relative_to(self.run_dir)),
+                "sha256": self.store.stage_meta(name if name != "sft" else "sft", method_keys[name]).get("sha256"),
+            }
+        self.write_manifest()
+
+        self.evaluate(method_keys, method_dirs, scorer_keys, scorer_dirs)
+        self.judge()
+        self.report()
+        self.manifest["status"] = "complete"
+        self.write_manifest()
+        return self.manifest
+
+    def method_order(self) -> list[str]:
+        """Requested methods after the methods they need."""
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            for dependency in self.recipes[name].needs if name in self.recipes else []:
+                visit(dependency)
+            order.append(name)
+
+        for name in self.config.methods:
+            visit(name)
+        return order
+
+    def base_model(self, data_key: str) -> tuple[str, Path]:
+        """The model SFT starts from: the tiny world's Llama, a local checkpoint, or a hub id."""
+        policy = self.config.policy
+        if policy.init == "tiny-llama":
+            def build(directory: Path) -> dict:
+                from safebench.world import tiny
+
+                with atomic_directory(directory / "model") as tmp:
+                    tiny.make_tiny_policy_checkpoint(
+                        tmp, seed=self.config.seed, hidden_size=policy.hidden_size, num_layers=policy.num_layers,
+                        num_heads=policy.num_heads, intermediate_size=policy.intermediate_size,
+                        max_position_embeddings=policy.max_position_embeddings)
+                return {"sha256": sha256_dir(directory / "model")}
+
+            key, directory = self.stage("base", {"policy": policy.model_dump(mode="json"), "seed": self.config.seed,
+                                                 "world": WORLD_VERSION}, build)
+            return key, directory / "model"
+        from safebench import assets
+
+        key, path = assets.resolve_base_model(self, policy)
+        return key, path
+
+    def evaluate(self, method_keys, method_dirs, scorer_keys, scorer_dirs) -> None:
+        from safebench.evals.scoring import Scorer
+
+        generation = GenerationConfig.model_validate(self.config.generation)
+        template = generation.template or self.config.policy.template
+        scorers: dict[str, Scorer] = {}
+        oracle = self.oracle()
+        for suite_name in self.config.suites:
+            suite = suites_module.load_suite(suite_name)
+            items = suites_module.suite_items(suite, self.data_dir)
+            suite_hash = stable_hash(items)
+            for method in self.config.methods:
+                gen_material = {"model": method_keys[method], "suite": suite_hash,
+                                "generation": generation.settings_hash(), "template": template}
+                gen_key = stable_hash({"stage": "generate", **gen_material})
+                name = f"generate:{method}:{suite_name}"
+
+                def generate(_directory: Path, method=method, gen_key=gen_key) -> dict:
+                    rows = run_generation(self.store, gen_key, method, suite_name, items, str(method_dirs[method]),
+                                          generation, template, progress=not self.quiet)
+                    return {"rows_written": rows}
+
+                self.stage(name, gen_material, generate)
+                score_material = {"generation": gen_key, "reward": scorer_keys["reward-model"],
+                                  "cost": scorer_keys["cost-model"]}
+                score_key = stable_hash({"stage": "score", **score_material})
+
+                def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
+                    for role in ("reward-model", "cost-model"):
+                        if role not in scorers:
+                            scorers[role] = Scorer(scorer_dirs[role], self.config.policy.template, self.config.policy.dtype)
+                    return self.score_samples(scorers, oracle, gen_key, score_key)
+
+                self.stage(f"score:{method}:{suite_name}", score_material, score)
+                self.manifest["evaluations"].append({
+                    "method": method, "suite": suite_name, "kind": suite.kind, "gen_key": gen_key,
+                    "score_key": score_key, "gen_config_hash": generation.settings_hash(),
+                })
+                self.write_manifest()
+
+    def score_samples(self, scorers, oracle, gen_key: str, score_key: str) -> dict:
+        samples = self.store.samples(gen_key)
+        done = self.store.done_score_keys(score_key)
+        todo = [s for s in samples if (s["prompt_id"], s["sample_idx"]) not in done]
+        for start in range(0, len(todo), 256):
+            chunk = todo[start:start + 256]
+            prompts = [s["prompt"] for s in chunk]
+            responses = [s["response"] for s in chunk]
+            rewards = scorers["reward-model"].score(prompts, responses)
+            costs = scorers["cost-model"].score(prompts, responses)
+            rows = []
+            for sample, reward, cost in zip(chunk, rewards, costs):
+                truth = oracle(sample["prompt"], sample["response"]) if oracle else None
+                rows.append({"score_key": score_key, "gen_key": gen_key, "prompt_id": sample["prompt_id"],
+                             "sample_idx": sample["sample_idx"], "reward": reward, "cost": cost,
+                             "oracle_reward": truth.reward if truth else None,
+                             "oracle_cost": truth.cost if truth else None})
+            self.store.insert_scores(rows)
+        return {"scored": len(todo)}
+
+    def oracle(self):
+        """The tiny world's ground truth, when the data came from it (None otherwise)."""
+        path = self.data_dir / "oracle_prompts.json" if self.data_dir else None
+        if not path or not path.exists():
+            return None
+        from safebench.world import tiny
+
+        prompts = tiny.load_oracle_prompts(path)
+        return lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
+
+    def judge(self) -> None:
+        judge_config = self.config.judge
+        if not judge_config or not judge_config.get("enabled", True):
+            return
+        from safebench.evals.judge.stage import run_judge_stage
+
+        key = stable_hash({"stage": "judge", "config": judge_config,
+                           "evaluations": [e["gen_key"] for e in self.manifest["evaluations"]]})
+        self.manifest["judge"] = run_judge_stage(self.store, judge_config, self.manifest["evaluations"], key)
+        self.write_manifest()
+
+    def report(self) -> None:
+        """summary.md always; the full HTML/Markdown report when the reports package is present."""
+        start = time.time()
+        from safebench import summary
+
+        self.manifest["status"] = "complete"
+        self.write_manifest()
+        self.summary = summary.write_summary(self.store)
+        try:
+            from safebench.reports import write_reports
+        except ImportError:
+            write_reports = None
+        if write_reports is not None:
+            write_reports([self.run_dir])
+        self.manifest["timings"]["report"] = round(time.time() - start, 3)
+
+
+def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False) -> dict:
+    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet)
+    try:
+        manifest = pipeline.run()
+    finally:
+        pipeline.store.close()
+    manifest["_executed"], manifest["_skipped"] = pipeline.executed, pipeline.skipped
+    return manifest
+
+
+def load_manifest(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "manifest.json").read_text())

@@ -1,0 +1,256 @@
+"""The run directory: manifest, SQLite results database, stage records, atomic writes.
+
+Layout:
+    RUN/manifest.json        resolved config, hashes, versions, git state, seeds, asset hashes
+    RUN/results.sqlite       samples, scores, curves, stage records (WAL, written as produced)
+    RUN/stages/NAME-KEY/     one directory per stage; DONE.json is written last
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS stages (
+    key TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+    started_at REAL, finished_at REAL, meta TEXT
+);
+CREATE TABLE IF NOT EXISTS samples (
+    gen_key TEXT NOT NULL, method TEXT NOT NULL, suite TEXT NOT NULL,
+    prompt_id TEXT NOT NULL, sample_idx INTEGER NOT NULL,
+    prompt TEXT NOT NULL, response TEXT NOT NULL,
+    category TEXT, kind TEXT, gen_config_hash TEXT NOT NULL, n_tokens INTEGER,
+    PRIMARY KEY (gen_key, prompt_id, sample_idx)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    score_key TEXT NOT NULL, gen_key TEXT NOT NULL,
+    prompt_id TEXT NOT NULL, sample_idx INTEGER NOT NULL,
+    reward REAL, cost REAL, oracle_reward REAL, oracle_cost REAL,
+    PRIMARY KEY (score_key, prompt_id, sample_idx)
+);
+CREATE TABLE IF NOT EXISTS curves (
+    stage_key TEXT NOT NULL, method TEXT NOT NULL, step INTEGER NOT NULL,
+    name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (stage_key, step, name)
+);
+"""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over the target.
+
+    A reader (or a rerun after SIGKILL) sees either the old file or the whole new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place when complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            import shutil
+
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class RunStore:
+    """One run directory and its results database."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.run_dir / "results.sqlite"
+        self.db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- stages -------------------------------------------------------------------
+    def stage_dir(self, name: str, key: str) -> Path:
+        return self.run_dir / "stages" / f"{name.replace(':', '-')}-{key}"
+
+    def stage_done(self, name: str, key: str) -> bool:
+        return (self.stage_dir(name, key) / "DONE.json").exists()
+
+    def mark_started(self, name: str, key: str) -> None:
+        self.db.execute(
+            "INSERT INTO stages(key, name, status, started_at) VALUES (?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET status='running', started_at=excluded.started_at",
+            (key, name, "running", time.time()),
+        )
+
+    def mark_done(self, name: str, key: str, meta: dict) -> None:
+        """The completion record is written last: its presence means the stage is whole."""
+        atomic_write_json(self.stage_dir(name, key) / "DONE.json", {"name": name, "key": key, **meta})
+        self.db.execute(
+            "INSERT INTO stages(key, name, status, finished_at, meta) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(key) DO UPDATE SET status='done', finished_at=excluded.finished_at, "
+            "meta=excluded.meta",
+            (key, name, "done", time.time(), json.dumps(meta, default=str)),
+        )
+
+    def stage_meta(self, name: str, key: str) -> dict:
+        return json.loads((self.stage_dir(name, key) / "DONE.json").read_text())
+
+    # --- per-sample rows ------------------------------------------------------------
+    def insert_samples(self, rows: list[dict]) -> None:
+        """One transaction per batch: a batch is either wholly in the database or not at all."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO samples(gen_key, method, suite, prompt_id, sample_idx, "
+                "prompt, response, category, kind, gen_config_hash, n_tokens) VALUES "
+                "(:gen_key, :method, :suite, :prompt_id, :sample_idx, :prompt, :response, "
+                ":category, :kind, :gen_config_hash, :n_tokens)",
+                rows,
+            )
+
+    def samples(self, gen_key: str) -> list[dict]:
+        cursor = self.db.execute(
+            "SELECT * FROM samples WHERE gen_key=? ORDER BY prompt_id, sample_idx", (gen_key,)
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def done_sample_keys(self, gen_key: str) -> set[tuple[str, int]]:
+        return set(
+            self.db.execute(
+                "SELECT prompt_id, sample_idx FROM samples WHERE gen_key=?", (gen_key,)
+            ).fetchall()
+        )
+
+    def insert_scores(self, rows: list[dict]) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO scores(score_key, gen_key, prompt_id, sample_idx, reward, "
+                "cost, oracle_reward, oracle_cost) VALUES (:score_key, :gen_key, :prompt_id, "
+                ":sample_idx, :reward, :cost, :oracle_reward, :oracle_cost)",
+                rows,
+            )
+
+    def done_score_keys(self, score_key: str) -> set[tuple[str, int]]:
+        return set(
+            self.db.execute(
+                "SELECT prompt_id, sample_idx FROM scores WHERE score_key=?", (score_key,)
+            ).fetchall()
+        )
+
+    def log_curve(self, stage_key: str, method: str, step: int, metrics: dict[str, float]) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO curves(stage_key, method, step, name, value) VALUES (?,?,?,?,?)",
+                [(stage_key, method, step, k, float(v)) for k, v in metrics.items()],
+            )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- manifest and joined results --------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            from safebench.errors import UsageError
+
+            raise UsageError(f"{self.run_dir}: not a safebench run directory (no manifest.json)")
+        return json.loads(self.manifest_path.read_text())
+
+    def results(self):
+        """Scored samples of the evaluations this run's manifest names, as a DataFrame.
+
+        Columns: method, suite, kind, category, prompt_id, sample_idx, prompt, response,
+        reward, cost, oracle_reward, oracle_cost.
+        """
+        import pandas as pd
+
+        evaluations = self.manifest().get("evaluations", [])
+        frames = []
+        for ev in evaluations:
+            frame = pd.read_sql_query(
+                "SELECT s.method, s.suite, s.kind, s.category, s.prompt_id, s.sample_idx, "
+                "s.prompt, s.response, c.reward, c.cost, c.oracle_reward, c.oracle_cost "
+                "FROM samples s JOIN scores c ON c.gen_key = s.gen_key AND c.prompt_id = s.prompt_id "
+                "AND c.sample_idx = s.sample_idx WHERE s.gen_key = ? AND c.score_key = ?",
+                self.db,
+                params=(ev["gen_key"], ev["score_key"]),
+            )
+            frame["method"] = ev["method"]
+            frames.append(frame)
+        columns = ["method", "suite", "kind", "category", "prompt_id", "sample_idx", "prompt",
+                   "response", "reward", "cost", "oracle_reward", "oracle_cost"]
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(frames, ignore_index=True)[columns]
+
+    def curves(self):
+        """Training curves of the method stages this run's manifest names."""
+        import pandas as pd
+
+        keys = [m["key"] for m in self.manifest().get("methods", {}).values()]
+        if not keys:
+            return pd.DataFrame(columns=["method", "step", "name", "value"])
+        marks = ",".join("?" * len(keys))
+        return pd.read_sql_query(
+            f"SELECT method, step, name, value FROM curves WHERE stage_key IN ({marks}) "
+            "ORDER BY method, name, step",
+            self.db,
+            params=keys,
+        )

@@ -1,0 +1,123 @@
+"""A resumable, deterministic mini-batch loop shared by the supervised trainers (SFT, score models).
+
+Data order comes from a generator seeded by (seed, epoch), so a run resumed from a saved
+step sees exactly the batches an uninterrupted run would have seen; model, optimizer,
+scheduler and step are saved together (atomically) every `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from pydantic import Field
+
+from safebench.store import atomic_directory, atomic_write_json
+from safebench.trainers.base import RecipeBase, TrainContext
+
+
+class SupervisedRecipe(RecipeBase):
+    epochs: float = Field(3, gt=0)
+    batch_size: int = Field(32, ge=1)          # effective batch (micro batch x accumulation)
+    micro_batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_length: int = Field(512, ge=8)
+    checkpoint_every: int = Field(50, ge=1)    # optimizer steps between resumable saves
+    seed_offset: int = 0                       # lets two stages on one seed draw different orders
+
+
+def batch_order(n_items: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
+    """All mini-batches of the run, fixed by the seed (fractional epochs cut the last one short)."""
+    batches: list[list[int]] = []
+    steps_per_epoch = max(1, math.ceil(n_items / batch_size))
+    total = max(1, round(steps_per_epoch * epochs))
+    epoch = 0
+    while len(batches) < total:
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        order = torch.randperm(n_items, generator=generator).tolist()
+        batches += [order[i:i + batch_size] for i in range(0, n_items, batch_size)]
+        epoch += 1
+    return batches[:total]
+
+
+def train_supervised(
+    ctx: TrainContext,
+    recipe: SupervisedRecipe,
+    model: torch.nn.Module,
+    items: Sequence,
+    loss_fn: Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict]],
+) -> None:
+    """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics)."""
+    from transformers import get_scheduler
+
+    torch.manual_seed(ctx.seed + recipe.seed_offset)
+    batches = batch_order(len(items), recipe.batch_size, recipe.epochs, ctx.seed + recipe.seed_offset)
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr, betas=recipe.adam_betas,
+    )
+    scheduler = get_scheduler(
+        recipe.scheduler, optimizer, num_warmup_steps=math.ceil(recipe.warmup_ratio * len(batches)),
+        num_training_steps=len(batches),
+    )
+    state_dir = ctx.work_dir / "state"
+    start = _restore(state_dir, model, optimizer, scheduler)
+    model.train()
+    bar = ctx.progress(len(batches), "train")
+    bar.update(start)
+    for step in range(start, len(batches)):
+        optimizer.zero_grad(set_to_none=True)
+        batch = [items[i] for i in batches[step]]
+        micro = [batch[i:i + recipe.micro_batch_size] for i in range(0, len(batch), recipe.micro_batch_size)]
+        totals: dict[str, float] = {}
+        for chunk in micro:
+            loss, metrics = loss_fn(model, chunk)
+            (loss * len(chunk) / len(batch)).backward()
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * len(chunk) / len(batch)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        ctx.log(step + 1, lr=scheduler.get_last_lr()[0], **totals)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in list(totals.items())[:3]})
+        if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < len(batches):
+            _save(state_dir, step + 1, model, optimizer, scheduler)
+    bar.close()
+    model.eval()
+
+
+def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:
+    with atomic_directory(state_dir) as tmp:
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step},
+            tmp / "state.pt",
+        )
+        atomic_write_json(tmp / "step.json", {"step": step})
+
+
+def _restore(state_dir: Path, model, optimizer, scheduler) -> int:
+    path = state_dir / "state.pt"
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])
+
+
+def clear_state(ctx: TrainContext) -> None:
+    shutil.rmtree(ctx.work_dir / "state", ignore_errors=True)

@@ -1,0 +1,102 @@
+"""Reward and cost models: a backbone with a linear head, scored at the last non-pad token.
+
+Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
+  reward: -log σ(R(y_better) - R(y_worse)) + reg·mean(R²)
+  cost:   -log σ(C(y_unsafer) - C(y_safer)) - log σ(s_safer·C(y_safer)) - log σ(s_unsafer·C(y_unsafer))
+          + reg·mean(C²),   s = +1 if the response is labelled unsafe, -1 if safe
+The sign terms anchor 0 as the line between safe (C <= 0) and unsafe (C > 0).
+Defaults: initialised from the SFT model, 2 epochs, batch 16, lr 2e-5, cosine, warmup 0.03,
+weight decay 0.1, max length 512.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from safebench import modeling
+from safebench.trainers.base import TrainContext
+from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
+
+
+class Recipe(SupervisedRecipe):
+    role: Literal["score-model"] = "score-model"
+    kind: Literal["reward", "cost"]
+    epochs: float = Field(2, gt=0)
+    batch_size: int = Field(16, ge=1)
+    micro_batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.1, ge=0)
+    regularization: float = Field(0.001, ge=0)  # coefficient of mean(score²)
+
+
+def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:
+    scores = torch.cat([better, worse])
+    return -F.logsigmoid(better - worse).mean() + regularization * scores.pow(2).mean()
+
+
+def cost_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_sign: torch.Tensor,
+              unsafer_sign: torch.Tensor, regularization: float) -> torch.Tensor:
+    """signs: +1 for a response labelled unsafe, -1 for one labelled safe."""
+    scores = torch.cat([safer, unsafer])
+    return (
+        -F.logsigmoid(unsafer - safer).mean()
+        - F.logsigmoid(safer_sign * safer).mean()
+        - F.logsigmoid(unsafer_sign * unsafer).mean()
+        + regularization * scores.pow(2).mean()
+    )
+
+
+def end_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The head's output at each sequence's last non-pad token (HF picks it from pad_token_id)."""
+    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
+
+
+def pairs_for(kind: str, records: list[dict]) -> list[dict]:
+    """(chosen, rejected) per record: better/worse for reward, unsafer/safer for cost."""
+    pairs = []
+    for r in records:
+        responses = (r["response_0"], r["response_1"])
+        if kind == "reward":
+            b = r["better_response_id"]
+            pairs.append({"prompt": r["prompt"], "high": responses[b], "low": responses[1 - b]})
+        else:
+            s = r["safer_response_id"]
+            safe = (r["is_response_0_safe"], r["is_response_1_safe"])
+            pairs.append({"prompt": r["prompt"], "high": responses[1 - s], "low": responses[s],
+                          "high_sign": -1.0 if safe[1 - s] else 1.0, "low_sign": -1.0 if safe[s] else 1.0})
+    return pairs
+
+
+def train(ctx: TrainContext, recipe: Recipe) -> None:
+    tokenizer = modeling.load_tokenizer(ctx.policy_dir)
+    model = modeling.load_score_model(ctx.policy_dir, ctx.dtype)
+    torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference
+    model.config.pad_token_id = tokenizer.pad_token_id
+    items = []
+    for pair in pairs_for(recipe.kind, ctx.data.preference):
+        prompt_text = modeling.format_prompt(tokenizer, pair["prompt"], ctx.template)
+        high, _ = modeling.encode_pair(tokenizer, prompt_text, pair["high"], recipe.max_length)
+        low, _ = modeling.encode_pair(tokenizer, prompt_text, pair["low"], recipe.max_length)
+        items.append({**pair, "high_ids": high, "low_ids": low})
+
+    def loss_fn(m, chunk):
+        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
+                                       tokenizer.pad_token_id, side="right")
+        scores = end_scores(m, ids, mask)
+        high, low = scores[: len(chunk)], scores[len(chunk):]
+        if recipe.kind == "reward":
+            loss = reward_loss(high, low, recipe.regularization)
+            return loss, {"loss": loss.item(), "accuracy": (high > low).float().mean().item()}
+        high_sign = torch.tensor([c["high_sign"] for c in chunk])
+        low_sign = torch.tensor([c["low_sign"] for c in chunk])
+        loss = cost_loss(low, high, low_sign, high_sign, recipe.regularization)
+        sign_acc = torch.cat([(high > 0) == (high_sign > 0), (low > 0) == (low_sign > 0)]).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": (high > low).float().mean().item(),
+                      "sign_accuracy": sign_acc.item()}
+
+    train_supervised(ctx, recipe, model, items, loss_fn)
+    modeling.save_checkpoint(model, tokenizer, ctx.out_dir)
+    clear_state(ctx)
