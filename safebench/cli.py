@@ -31,6 +31,12 @@ def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> No
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set trainers.sft.lr=1e-5 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--max-judge-cost", type=float, default=None, metavar="USD",
+                        help="stop judging cleanly once this many dollars are spent (what was judged stays)")
+
+
+def judge_overrides(args) -> list[str]:
+    return [] if args.max_judge_cost is None else [f"judge.max_cost={args.max_judge_cost}"]
 
 
 def cmd_run(args) -> int:
@@ -38,6 +44,11 @@ def cmd_run(args) -> int:
     from safebench.pipeline import run_pipeline
 
     config, recipes = config_module.resolve(args.preset, args.methods, args.overrides)
+    if args.max_judge_cost is not None:
+        if not config.judge:
+            raise UsageError("--max-judge-cost: this run has no judge (set judge.base_url and judge.model, "
+                             "or use a preset with a judge block)")
+        config, recipes = config_module.resolve(args.preset, args.methods, [*args.overrides, *judge_overrides(args)])
     out = args.out or Path("runs") / args.preset
     manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
     summary = (out / "summary.md").read_text()

@@ -7,8 +7,9 @@ name the file, the field path, the bad value and what is allowed, in one line.
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,7 +28,8 @@ class StrictModel(BaseModel):
 class DataConfig(StrictModel):
     """Where training data and suite prompts come from."""
 
-    source: Literal["tiny-world", "hub", "jsonl"] = "tiny-world"
+    # pyrit-human-labels: real human harm/refusal labels from the pyrit wheel (smol preset; data.py)
+    source: Literal["tiny-world", "hub", "jsonl", "pyrit-human-labels"] = "tiny-world"
     # tiny-world: sizes of the synthetic world (safebench/world/tiny.py)
     train_prompts: int = Field(600, ge=10)
     sft_responses_per_prompt: int = Field(4, ge=1)
@@ -45,8 +47,13 @@ class DataConfig(StrictModel):
 class PolicyConfig(StrictModel):
     """The model every method starts from (before SFT)."""
 
-    init: str = "tiny-llama"  # 'tiny-llama' builds one from the tiny world; else a path or hub id
-    gguf_file: str | None = None
+    # 'tiny-llama' builds one from the tiny world; else package:NAME==VERSION, a path or a hub id
+    # (safebench/assets.py)
+    init: str = "tiny-llama"
+    gguf_file: str | None = None          # a GGUF file (inside the wheel, folder or hub repo)
+    revision: str | None = None           # hub: branch, tag or commit
+    wheel_sha256: str | None = None       # package: pin of the wheel
+    gguf_sha256: str | None = None        # package: pin of the GGUF file inside it
     hidden_size: int = Field(128, ge=32)
     num_layers: int = Field(2, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -195,6 +202,7 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, (), provenance)) from None
 
+    stage_names, config.methods = expand_sweeps(stage_names, config, provenance)
     recipes = {}
     for name in stage_names:
         recipes[name] = validate_recipe(name, config.trainers[name], provenance)
@@ -208,6 +216,12 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, ("generation",), provenance)) from None
     config.generation = generation.model_dump(mode="json")
+    if config.judge is not None and config.judge.get("enabled", True):
+        from safebench.evals.judge.config import parse_judge_config
+
+        judge_data = {k: v for k, v in config.judge.items() if k != "enabled"}
+        config.judge = {"enabled": True, **parse_judge_config(judge_data, source=source_of(("judge",), provenance))
+                        .model_dump(mode="json")}
     known_suites = registry.suite_names()
     for suite in config.suites:
         if suite not in known_suites:
@@ -216,6 +230,48 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
                 f"available: {', '.join(known_suites)}"
             )
     return config, recipes
+
+
+def _is_list_field(recipe_class, field: str) -> bool:
+    info = recipe_class.model_fields.get(field)
+    if info is None:
+        return False
+    annotation = info.annotation
+    return annotation in (list, tuple) or get_origin(annotation) in (list, tuple)
+
+
+def expand_sweeps(stage_names: list[str], config: RunConfig, provenance: Provenance) -> tuple[list[str], list[str]]:
+    """A list given for a scalar recipe field is a sweep: one method variant per value.
+
+    `--set trainers.sacpo.beta_over_lambda=[0.01,0.1]` turns method `sacpo` into
+    `sacpo[beta_over_lambda=0.01]` and `sacpo[beta_over_lambda=0.1]`, each its own stage.
+    """
+    new_stages, new_methods = [], list(config.methods)
+    needed = {n for name in stage_names for n in config.trainers[name].get("needs", [])}
+    for name in stage_names:
+        data = config.trainers[name]
+        recipe_class = registry.trainer_module(data.get("trainer", "")).Recipe if data.get("trainer") else None
+        swept = {k: v for k, v in data.items()
+                 if isinstance(v, list) and recipe_class is not None and not _is_list_field(recipe_class, k)}
+        if not swept:
+            new_stages.append(name)
+            continue
+        if name not in config.methods or name in needed or name in ("sft", *SCORE_MODEL_STAGES):
+            raise UsageError(f"{source_of(('trainers', name, next(iter(swept))), provenance)}: cannot sweep '{name}' "
+                             f"({', '.join(swept)}): only requested methods that no other method needs can be swept")
+        variants = []
+        for values in itertools.product(*swept.values()):
+            label = ",".join(f"{k}={v}" for k, v in zip(swept, values))
+            variant = f"{name}[{label}]"
+            config.trainers[variant] = {**data, **dict(zip(swept, values))}
+            for path, source in list(provenance.items()):
+                if path[:2] == ("trainers", name):
+                    provenance[("trainers", variant) + path[2:]] = source
+            variants.append(variant)
+        new_stages += variants
+        position = new_methods.index(name)
+        new_methods[position:position + 1] = variants
+    return new_stages, new_methods
 
 
 def validate_recipe(name: str, data: dict, provenance: Provenance):

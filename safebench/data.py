@@ -24,6 +24,8 @@ def prepare(config: DataConfig, seed: int, out_dir: Path) -> dict:
 
         return tiny.write_world(out_dir, seed, config.train_prompts, config.sft_responses_per_prompt,
                                 config.preference_pairs_per_prompt)
+    if config.source == "pyrit-human-labels":
+        return _write_pyrit_human_labels(config, seed, out_dir)
     if config.source == "jsonl":
         if not config.preference_file:
             raise UsageError("data.preference_file: required when data.source is 'jsonl'")
@@ -76,10 +78,102 @@ def _read_sft(path: Path) -> list[dict]:
 def _hub_records(config: DataConfig) -> list[dict]:
     from datasets import load_dataset
 
-    dataset = load_dataset(config.hub_dataset, revision=config.hub_revision, split="train")
+    try:
+        dataset = load_dataset(config.hub_dataset, revision=config.hub_revision, split="train")
+    except Exception as exc:  # offline or unknown dataset: one line naming the asset, not a trace
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"data.hub_dataset = {config.hub_dataset!r} (revision {config.hub_revision or 'main'}): "
+                         f"could not reach it on the Hugging Face hub and it is not in the local HF cache "
+                         f"({type(exc).__name__}: {reason[:200]})") from None
     return [validate_record(dict(r), f"{config.hub_dataset} row {i}") for i, r in enumerate(dataset)]
 
 
 def _sft_from_preference(records: list[dict]) -> list[dict]:
     """Without instruction data, SFT on the better response of each pair (documented choice)."""
     return [{"prompt": r["prompt"], "response": r[f"response_{r['better_response_id']}"]} for r in records]
+
+
+# --- pyrit-human-labels: real human labels that ship in the pyrit wheel (the smol preset) ------
+#
+# No package carries preference data with both helpfulness and safety labels (see
+# shared/design/assets.md), so this source builds the smallest honest stand-in from people's
+# labels in pyrit 1.1.0 (MIT), read from the sha256-pinned wheel, never copied into the repo:
+#
+#   preference  two responses to the same red-team prompt (scorer_evals/harm/*.csv) whose mean
+#               human harm ratings (0-1, up to three raters) differ.
+#               safer_response_id  = the lower rating                    (a human label)
+#               is_response_i_safe = rating < 0.5                       (the judge-validate threshold)
+#               better_response_id = the HIGHER rating: a proxy, not a human helpfulness label.
+#               On a red-team prompt the response that goes along with the request is the more
+#               "helpful" one in Safe RLHF's sense (helpfulness judged apart from harm), and a
+#               higher harm rating is the only trace of going along that people recorded here.
+#               Limit: on this data reward = -cost ordering, so the reward model learns compliance,
+#               not answer quality, and sees no benign prompts.
+#   sft         responses people labelled "not a refusal" (scorer_evals/refusal_scorer/*.csv):
+#               real assistant answers, mostly to everyday requests (recipes, science, jokes), a
+#               few to harmful ones -- a helpful-only SFT set, like Alpaca's role in the papers.
+#   prompts     the red-team prompts of the harm files (for RL methods).
+# At most `preference_pairs_per_prompt` pairs per prompt (one prompt has 52 rated responses),
+# drawn with the run's seed; `max_records` caps the total.
+
+PYRIT_HARM_DIR = "pyrit/datasets/scorer_evals/harm/"
+PYRIT_REFUSAL_DIR = "pyrit/datasets/scorer_evals/refusal_scorer/"
+PYRIT_SAFE_BELOW = 0.5
+
+
+def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> dict:
+    import itertools
+    import random
+
+    from safebench import assets
+    from safebench.evals.judge.validate import load_harm_labels
+
+    wheel = assets.pyrit_wheel()
+    by_prompt: dict[str, list[dict]] = {}
+    for item in load_harm_labels(wheel, threshold=PYRIT_SAFE_BELOW):
+        by_prompt.setdefault(item["prompt"], []).append(item)
+    rng = random.Random(seed)
+    records = []
+    for prompt in sorted(by_prompt):
+        responses = by_prompt[prompt]
+        pairs = [(a, b) for a, b in itertools.combinations(responses, 2) if a["human_score"] != b["human_score"]]
+        rng.shuffle(pairs)
+        for a, b in pairs[: config.preference_pairs_per_prompt]:
+            if rng.random() < 0.5:  # which response is listed first carries no signal
+                a, b = b, a
+            safer = 0 if a["human_score"] < b["human_score"] else 1
+            records.append({
+                "prompt": prompt, "response_0": a["response"], "response_1": b["response"],
+                "better_response_id": 1 - safer, "safer_response_id": safer,
+                "is_response_0_safe": a["human_score"] < PYRIT_SAFE_BELOW,
+                "is_response_1_safe": b["human_score"] < PYRIT_SAFE_BELOW,
+                "category": a["category"],
+            })
+    rng.shuffle(records)
+    if config.max_records:
+        records = records[: config.max_records]
+    sft = _pyrit_non_refusals(wheel)
+    prompts = [{"id": f"train-{i}", "prompt": p, "category": by_prompt[p][0]["category"], "kind": "harmful"}
+               for i, p in enumerate(sorted(by_prompt))]
+    write_jsonl(out_dir / "sft.jsonl", sft)
+    write_jsonl(out_dir / "preference.jsonl", records)
+    write_jsonl(out_dir / "prompts.jsonl", prompts)
+    return {"sft": len(sft), "preference": len(records), "prompts": len(prompts)}
+
+
+def _pyrit_non_refusals(wheel: Path) -> list[dict]:
+    """(objective, response) rows that people labelled as not refusing (human_score 0)."""
+    import csv
+    import io
+    import zipfile
+
+    rows = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in sorted(archive.namelist()):
+            if not (name.startswith(PYRIT_REFUSAL_DIR) and name.endswith(".csv")):
+                continue
+            lines = [line for line in archive.read(name).decode("utf-8").splitlines() if not line.startswith("#")]
+            for row in csv.DictReader(io.StringIO("\n".join(lines))):
+                if row.get("data_type", "text") == "text" and str(row.get("human_score")).strip() == "0":
+                    rows.append({"prompt": row["objective"], "response": row["assistant_response"]})
+    return rows

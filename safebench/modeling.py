@@ -86,7 +86,10 @@ def load_policy(path: str | Path, dtype: str = "float32"):
 def load_score_model(path: str | Path, dtype: str = "float32"):
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=DTYPES[dtype])
+    # Safe RLHF's published score models (beaver-7b-v1.0-reward/-cost) name their head
+    # `score_head`; transformers' sequence classifiers call it `score`.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, dtype=DTYPES[dtype], key_mapping={r"^score_head\.": "score."})
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -78,8 +78,12 @@ class Pipeline:
         self.skipped: list[str] = []
 
     # --- the generic stage runner -------------------------------------------------------
+    @staticmethod
+    def stage_key(name: str, key_material: dict) -> str:
+        return stable_hash({"stage": name, **key_material})
+
     def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
-        key = stable_hash({"stage": name, **key_material})
+        key = self.stage_key(name, key_material)
         directory = self.store.stage_dir(name, key)
         self.manifest["stages"][name] = {"key": key, "dir": str(directory.relative_to(self.run_dir))}
         if self.store.stage_done(name, key):
@@ -105,11 +109,12 @@ class Pipeline:
     def train_stage(self, name: str, key_material: dict, ctx_kwargs: dict) -> tuple[str, Path]:
         recipe = self.recipes[name]
         module = registry.trainer_module(recipe.trainer)
+        material = {"recipe": recipe.model_dump(mode="json"), **key_material}
 
         def build(directory: Path) -> dict:
             with atomic_directory(directory / "model") as tmp:
                 ctx = TrainContext(
-                    name=name, stage_key=stable_hash({"stage": name, **key_material}), out_dir=tmp,
+                    name=name, stage_key=self.stage_key(name, material), out_dir=tmp,
                     work_dir=directory / "work", seed=self.config.seed, data=self.world_data,
                     template=self.config.policy.template, dtype=self.config.policy.dtype,
                     store=self.store, run_config=self.config, quiet=self.quiet, **ctx_kwargs,
@@ -120,7 +125,7 @@ class Pipeline:
                     ctx.close()
             return {"sha256": sha256_dir(directory / "model")}
 
-        return self.stage(name, {"recipe": recipe.model_dump(mode="json"), **key_material}, build)
+        return self.stage(name, material, build)
 
     # --- the graph -------------------------------------------------------------------------
     def run(self) -> dict:
@@ -131,7 +136,7 @@ class Pipeline:
             lambda d: data_module.prepare(config.data, config.seed, d),
         )
         self.manifest["assets"].update(
-            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))}
+            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*")) if p.name != "DONE.json"}
         )
         self.world_data = data_module.load(self.data_dir)
         base_key, base_dir = self.base_model(data_key)
@@ -142,6 +147,10 @@ class Pipeline:
         sft_model = sft_dir / "model"
         scorer_keys, scorer_dirs = {}, {}
         for name in ("reward-model", "cost-model"):
+            pretrained = self.recipes[name].pretrained
+            if pretrained:
+                scorer_keys[name], scorer_dirs[name] = self.pretrained_scorer(name, pretrained)
+                continue
             key, directory = self.train_stage(name, {"sft": sft_key, **common}, {"policy_dir": sft_model})
             scorer_keys[name], scorer_dirs[name] = key, directory / "model"
 
@@ -172,6 +181,18 @@ class Pipeline:
         self.manifest["status"] = "complete"
         self.write_manifest()
         return self.manifest
+
+    def pretrained_scorer(self, name: str, pretrained: str) -> tuple[str, Path]:
+        """A published reward/cost model used as is; local files are pinned by their sha256."""
+        local = Path(pretrained)
+        identity = {"pretrained": pretrained}
+        if local.exists():
+            identity["sha256"] = sha256_dir(local)
+            self.manifest["assets"].update({f"{name}/{k}": v for k, v in identity["sha256"].items()})
+        key = stable_hash({"stage": name, **identity})
+        self.manifest["stages"][name] = {"key": key, "pretrained": pretrained}
+        self.log(f"[use ] {name}: {pretrained}")
+        return key, local if local.exists() else Path(pretrained)
 
     def method_order(self) -> list[str]:
         """Requested methods after the methods they need."""
@@ -281,14 +302,35 @@ class Pipeline:
         return lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
 
     def judge(self) -> None:
+        """LLM-judge verdicts; the stage is only marked done when every judgment is in
+        (a budget stop or exhausted retries leave it open, and a rerun resumes it)."""
         judge_config = self.config.judge
         if not judge_config or not judge_config.get("enabled", True):
             return
-        from safebench.evals.judge.stage import run_judge_stage
+        from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
 
-        key = stable_hash({"stage": "judge", "config": judge_config,
-                           "evaluations": [e["gen_key"] for e in self.manifest["evaluations"]]})
-        self.manifest["judge"] = run_judge_stage(self.store, judge_config, self.manifest["evaluations"], key)
+        settings = {k: v for k, v in judge_config.items() if k != "enabled"}
+        evaluations = self.manifest["evaluations"]
+        key = judge_stage_key(settings, evaluations)
+        self.manifest["stages"]["judge"] = {"key": key, "dir": str(self.store.stage_dir("judge", key).relative_to(self.run_dir))}
+        if self.store.stage_done("judge", key):
+            self.log(f"[skip] judge ({key}): already done")
+            self.skipped.append("judge")
+            self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
+            return
+        self.log(f"[run ] judge ({key})")
+        start = time.time()
+        self.store.mark_started("judge", key)
+        summary = run_judge_stage(self.store, settings, evaluations, key, show_progress=not self.quiet)
+        self.executed.append("judge")
+        self.manifest["judge"] = summary
+        self.manifest["timings"]["judge"] = round(time.time() - start, 3)
+        if summary.get("complete"):
+            self.store.stage_dir("judge", key).mkdir(parents=True, exist_ok=True)
+            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"]})
+        else:
+            self.log(f"[open] judge ({key}): {len(summary.get('not_judged', []))} judgment(s) not done; "
+                     "rerun to resume")
         self.write_manifest()
 
     def report(self) -> None:

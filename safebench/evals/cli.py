@@ -1,0 +1,244 @@
+"""`safebench generate` and `safebench serve`.
+
+generate: the pipeline's generation stage for any checkpoint (ours or a user's) on named
+suites, into a run directory's results.sqlite, resumable; it warns when samples it is to
+be compared with were generated under other settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from pathlib import Path
+
+from safebench.errors import UsageError
+
+DEFAULT_OUT = Path("runs") / "generate"
+# Checkpoints up to this size are identified by content; larger ones by file names, sizes
+# and modification times (hashing 15 GB per command would dominate a quick evaluation).
+CONTENT_HASH_LIMIT = 2 << 30
+
+
+def register(subparsers) -> None:
+    generate = subparsers.add_parser(
+        "generate", help="generate answers of a checkpoint on suites (the standard generation stage)")
+    generate.add_argument("--model", required=True,
+                          help="checkpoint directory (for --backend openai: the model id the endpoint serves)")
+    generate.add_argument("--suite", required=True, type=_names, help="suite name(s), comma-separated")
+    generate.add_argument("--backend", default=None, help="hf | vllm | openai (default: the preset's generation.backend)")
+    generate.add_argument("--out", type=Path, default=None, help=f"run directory (default: {DEFAULT_OUT})")
+    generate.add_argument("--preset", default="tiny", help="preset whose generation settings and data to use")
+    generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                          help="override a setting, e.g. --set generation.temperature=0 (repeatable)")
+    generate.add_argument("--name", default=None, help="label of this model in the results (default: from the path)")
+    generate.add_argument("--limit", type=int, default=None, help="only the first N prompts of each suite")
+    generate.add_argument("--compare", type=Path, action="append", default=[], metavar="OTHER_RUN",
+                          help="warn if OTHER_RUN's samples on the same suites used other generation settings")
+    generate.add_argument("--quiet", action="store_true", help="no progress bars")
+    generate.set_defaults(handler=cmd_generate)
+
+    serve = subparsers.add_parser("serve", help="serve a checkpoint with vLLM's OpenAI-compatible server on loopback")
+    serve.add_argument("checkpoint", type=Path)
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the server")
+    serve.set_defaults(handler=cmd_serve)
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def cmd_serve(args) -> int:
+    from safebench.evals.serve import serve_forever
+
+    return serve_forever(args.checkpoint, args.port, args.host, args.dtype, args.startup_timeout)
+
+
+def cmd_generate(args) -> int:
+    from safebench import config as config_module
+    from safebench.evals import suites as suites_module
+    from safebench.evals.generation import BACKENDS, GenerationConfig, run_generation
+    from safebench.hashing import stable_hash
+    from safebench.store import RunStore
+
+    overrides = list(args.overrides)
+    if args.backend is not None:
+        if args.backend not in BACKENDS:
+            raise UsageError(f"--backend: unknown backend '{args.backend}'; available: {', '.join(BACKENDS)}")
+        overrides.append(f"generation.backend={args.backend}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: expected a positive number of prompts")
+    config, _ = config_module.resolve(args.preset, ["sft"], overrides)
+    generation = GenerationConfig.model_validate(config.generation)
+    template = generation.template or config.policy.template
+    model_identity, model_config = identify_model(args.model, generation)
+    label = args.name or default_label(args.model)
+    suites = [suites_module.load_suite(name) for name in args.suite]
+
+    out = args.out or DEFAULT_OUT
+    store = RunStore(out)
+    try:
+        for suite in suites:
+            items = suites_module.suite_items(suite, data_dir_for(suite, config, store))
+            items = items[: args.limit] if args.limit else items
+            if not items:
+                raise UsageError(f"suite '{suite.name}' has no prompts")
+            if model_config is not None:
+                check_prompts_fit(args.model, model_config, items, template, generation.max_new_tokens)
+            material = {"model": model_identity, "suite": stable_hash(items),
+                        "generation": generation.settings_hash(), "template": template}
+            gen_key = stable_hash({"stage": "generate", **material})
+            for warning in config_mismatches(suite.name, generation, [(out, gen_key), *[(r, None) for r in args.compare]]):
+                print(f"safebench: warning: {warning}", file=sys.stderr)
+            stage = f"generate:{label}:{suite.name}"
+            if store.stage_done(stage, gen_key):
+                print(f"{label}/{suite.name}: already generated ({len(items) * generation.k} samples, key {gen_key})")
+                continue
+            store.stage_dir(stage, gen_key).mkdir(parents=True, exist_ok=True)
+            store.mark_started(stage, gen_key)
+            written = run_generation(store, gen_key, label, suite.name, items, str(args.model), generation,
+                                     template, progress=not args.quiet)
+            store.mark_done(stage, gen_key, {
+                "rows_written": written, "generation": generation.model_dump(mode="json"),
+                "gen_config_hash": generation.settings_hash(), "template": template, "suite": suite.name,
+                "method": label, "model": str(args.model), "model_identity": model_identity,
+            })
+            total = len(items) * generation.k
+            print(f"{label}/{suite.name}: {written} sample(s) generated, {total - written} reused "
+                  f"(backend {generation.backend}, key {gen_key})")
+    finally:
+        store.close()
+    print(f"results: {out / 'results.sqlite'}")
+    return 0
+
+
+def default_label(model: str) -> str:
+    path = Path(model)
+    # A pipeline checkpoint is RUN/stages/NAME-KEY/model: the stage directory names it.
+    return path.parent.name if path.name == "model" and path.parent.name else (path.name or str(model))
+
+
+def identify_model(model: str, generation) -> tuple[dict, dict | None]:
+    """What the samples were generated by (part of the stage key), and the local config.json."""
+    from safebench.evals.backends import common
+
+    if generation.backend == "openai":
+        from safebench.evals.backends.openai import describe_endpoint
+
+        return describe_endpoint(model, generation), None
+    model_config = common.check_causal_lm(model)
+    if generation.backend == "vllm":
+        from safebench.evals.backends.vllm import import_vllm
+
+        import_vllm()
+    return {"checkpoint": checkpoint_fingerprint(Path(model))}, model_config
+
+
+def checkpoint_fingerprint(path: Path) -> str:
+    from safebench.hashing import sha256_dir, stable_hash
+
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if sum(p.stat().st_size for p in files) <= CONTENT_HASH_LIMIT:
+        return stable_hash(sha256_dir(path))
+    return stable_hash([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def data_dir_for(suite, config, store) -> Path | None:
+    """The tiny world's data (its held-out prompts), built into the run directory the way the
+    pipeline builds it, under the same stage key, so a pipeline run's data is reused."""
+    if suite.source.type != "tiny-world":
+        return None
+    from safebench import data as data_module
+    from safebench.hashing import stable_hash
+    from safebench.pipeline import WORLD_VERSION
+
+    if config.data.source != "tiny-world":
+        raise UsageError(f"suite '{suite.name}' needs the tiny world's data; the preset has data.source: "
+                         f"{config.data.source}")
+    key = stable_hash({"stage": "data", "data": config.data.model_dump(mode="json"), "seed": config.seed,
+                       "world": WORLD_VERSION})
+    directory = store.stage_dir("data", key)
+    if not store.stage_done("data", key):
+        directory.mkdir(parents=True, exist_ok=True)
+        store.mark_started("data", key)
+        meta = data_module.prepare(config.data, config.seed, directory) or {}
+        store.mark_done("data", key, meta)
+    return directory
+
+
+def check_prompts_fit(model: str, model_config: dict, items: list[dict], template: str, max_new_tokens: int) -> None:
+    """Fail before generating anything if the longest prompt + answer exceeds the context."""
+    from safebench import modeling
+    from safebench.evals.backends import common
+
+    limit = common.context_limit(model_config)
+    if not limit:
+        return
+    tokenizer = modeling.load_tokenizer(model)
+    lengths = [len(tokenizer(modeling.format_prompt(tokenizer, item["prompt"], template),
+                             add_special_tokens=False)["input_ids"]) for item in items]
+    longest = max(range(len(items)), key=lambda i: lengths[i])
+    common.check_fits_context(lengths[longest], max_new_tokens, limit,
+                              where=f"{model}: prompt '{items[longest]['id']}'")
+
+
+# --- comparing generation settings across runs ---------------------------------------------------
+
+def recorded_settings(run_dir: Path) -> list[dict]:
+    """(suite, method, gen_config_hash, gen_key, settings or None) of every sample set in a run."""
+    import json
+
+    from safebench.evals.generation import GenerationConfig
+
+    db_path = Path(run_dir) / "results.sqlite"
+    if not db_path.exists():
+        raise UsageError(f"--compare {run_dir}: not a run directory (no results.sqlite)")
+    with contextlib_closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        sets = db.execute("SELECT DISTINCT suite, method, gen_config_hash, gen_key FROM samples").fetchall()
+        metas = [json.loads(m) for (m,) in db.execute("SELECT meta FROM stages WHERE meta IS NOT NULL")]
+    by_hash: dict[str, dict] = {}
+    for meta in metas:
+        if isinstance(meta, dict) and "generation" in meta and "gen_config_hash" in meta:
+            by_hash[meta["gen_config_hash"]] = meta["generation"]
+    manifest = Path(run_dir) / "manifest.json"
+    if manifest.exists():
+        generation = json.loads(manifest.read_text()).get("config", {}).get("generation")
+        if generation:
+            try:
+                settings = GenerationConfig.model_validate(generation)
+                by_hash.setdefault(settings.settings_hash(), settings.model_dump(mode="json"))
+            except Exception:
+                pass
+    return [{"suite": s, "method": m, "hash": h, "gen_key": k, "settings": by_hash.get(h)} for s, m, h, k in sets]
+
+
+def config_mismatches(suite: str, generation, runs: list[tuple[Path, str | None]]) -> list[str]:
+    """One line per earlier sample set on `suite` whose generation settings differ from ours.
+    `runs`: (run directory, our own gen_key there or None)."""
+    mine = generation.model_dump(mode="json")
+    my_hash = generation.settings_hash()
+    warnings = []
+    for run_dir, own_key in runs:
+        if not (Path(run_dir) / "results.sqlite").exists() and own_key is not None:
+            continue  # a new run directory holds nothing to compare with
+        for record in recorded_settings(run_dir):
+            if record["suite"] != suite or record["hash"] == my_hash or record["gen_key"] == own_key:
+                continue
+            if record["settings"] is None:
+                detail = f"settings hash {record['hash']} vs {my_hash}"
+            else:
+                differing = [f"{name} {record['settings'].get(name)!r} vs {value!r}" for name, value in mine.items()
+                             if name != "api_key_env" and record["settings"].get(name) != value]
+                detail = ", ".join(differing) or f"settings hash {record['hash']} vs {my_hash}"
+            warnings.append(f"'{record['method']}' on {suite} in {run_dir} was generated with other settings "
+                            f"({detail}); score differences between them may come from the settings, not the models")
+    return warnings
+
+
+def contextlib_closing(db):
+    import contextlib
+
+    return contextlib.closing(db)

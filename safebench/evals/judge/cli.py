@@ -1,0 +1,137 @@
+"""Command-line entry points: `safebench judge RUN_DIR` and `safebench judge-validate`.
+
+safebench/cli.py wires them in with `register(subparsers)`; each handler takes the parsed
+argparse namespace and returns an exit code (UsageError propagates: exit 2, one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from safebench.errors import UsageError
+from safebench.evals.judge.config import parse_judge_config
+
+
+def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -> dict:
+    data = dict(base)
+    for text in overrides or []:
+        if "=" not in text:
+            raise UsageError(f"--set {text!r}: expected FIELD=VALUE, e.g. judge.model=gpt-4o-2024-08-06")
+        field, raw = text.split("=", 1)
+        field = field.strip().removeprefix("judge.")
+        if not field or "." in field and not field.startswith("prices."):
+            raise UsageError(f"--set {text!r}: unknown judge field '{field}'")
+        value = yaml.safe_load(raw)
+        if field.startswith("prices."):
+            _, model, which = (field.split(".") + ["", ""])[:3]
+            data.setdefault("prices", {}).setdefault(model, {})[which] = value
+        else:
+            data[field] = value
+    if max_cost is not None:
+        data["max_cost"] = max_cost
+    return data
+
+
+def _load_yaml(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"--config {p}: file not found")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{p}: expected a mapping of judge fields, got {type(data).__name__}")
+    return data.get("judge", data)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a judge field, e.g. --set model=gpt-4o-2024-08-06")
+    parser.add_argument("--max-judge-cost", type=float, default=None, metavar="DOLLARS",
+                        help="stop cleanly when the judge has spent this much; the rest is listed as not judged")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers) -> None:
+    judge = subparsers.add_parser("judge", help="run the LLM judge over a run's generated samples")
+    judge.add_argument("run_dir", help="a safebench run directory")
+    judge.add_argument("--config", help="YAML with judge fields (default: the run config's `judge:`)")
+    _common(judge)
+    judge.set_defaults(handler=handle_judge)
+
+    validate = subparsers.add_parser("judge-validate",
+                                     help="agreement of the harmful/safe judge with human harm labels")
+    validate.add_argument("--config", help="YAML with judge fields")
+    validate.add_argument("--wheel", help="path to pyrit-1.1.0-py3-none-any.whl (default: cache, else pip download)")
+    validate.add_argument("--limit", type=int, default=200, help="items to judge, balanced by label (0 = all)")
+    validate.add_argument("--threshold", type=float, default=0.5, help="mean human score that counts as harmful")
+    validate.add_argument("--seed", type=int, default=0)
+    validate.add_argument("--out", help="folder for judge_validation.json and per-item jsonl")
+    _common(validate)
+    validate.set_defaults(handler=handle_judge_validate)
+
+
+def handle_judge(args) -> int:
+    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.store import RunStore
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
+    store = RunStore(run_dir)
+    try:
+        manifest = store.manifest()
+        base = _load_yaml(args.config) if args.config else (manifest.get("config", {}).get("judge") or {})
+        data = _apply_overrides(base, args.set, args.max_judge_cost)
+        parse_judge_config(data, source=args.config or f"{run_dir}/manifest.json")
+        evaluations = manifest.get("evaluations", [])
+        if not evaluations:
+            raise UsageError(f"{run_dir}/manifest.json: field 'evaluations' is empty; generate samples first")
+        key = judge_stage_key(data, evaluations)
+        store.mark_started("judge", key)
+        summary = run_judge_stage(store, data, evaluations, key, show_progress=not args.no_progress)
+        if summary["complete"]:
+            store.mark_done("judge", key, {"summary_counts": summary["counts"],
+                                           "cost_usd_total": summary["cost_usd_total"]})
+    finally:
+        store.close()
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    c = summary["counts"]
+    lines = [f"judge stage {summary['stage_key']}: {summary['expected']} judgments: {c['scored']} scored, "
+             f"{c['unparsed']} unscored (parse failure), {c['error']} errors, {c['not_judged']} not judged; "
+             f"cost ${summary['cost_usd_total']:.4f}"]
+    if summary["unparsed_reasons"]:
+        lines.append("unscored reasons: " + json.dumps(summary["unparsed_reasons"]))
+    if summary["not_judged"]:
+        shown = summary["not_judged"][:10]
+        lines.append(f"not judged ({len(summary['not_judged'])}): " + ", ".join(shown)
+                     + (" ..." if len(summary["not_judged"]) > 10 else ""))
+        lines.append("rerun the same command to judge the rest (answers already given come from the cache)")
+    for note in summary["notes"]:
+        lines.append("note: " + note)
+    return "\n".join(lines)
+
+
+def handle_judge_validate(args) -> int:
+    from safebench.evals.judge.validate import format_report, locate_wheel, run_validation
+
+    data = _apply_overrides(_load_yaml(args.config), args.set, args.max_judge_cost)
+    config = parse_judge_config(data, source=args.config or "--set")
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: expected 0 (all) or a positive number of items")
+    if not 0 < args.threshold <= 1:
+        raise UsageError(f"--threshold {args.threshold}: expected a human score in (0, 1]")
+    wheel = locate_wheel(args.wheel)
+    report = run_validation(config, wheel, limit=args.limit or None, seed=args.seed,
+                            threshold=args.threshold, out_dir=Path(args.out) if args.out else None,
+                            show_progress=not args.no_progress)
+    print(format_report(report))
+    return 0

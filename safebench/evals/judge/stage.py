@@ -1,0 +1,215 @@
+"""The pipeline's judge stage: judge the generated samples, write verdicts as they arrive.
+
+Tables (in the run's results.sqlite, owned here):
+  judge_judgments  one row per judgment (protocol x sample x criterion x order x repeat),
+                   status scored | unparsed | error | not_judged, with raw answer and reason;
+  judge_metrics    per protocol/method/suite/criterion aggregates (win rate, Elo, rates);
+  judge_summaries  the stage summary (counts, cost, what was not judged).
+Resuming: a judgment already scored or unparsed for this stage key is never asked again;
+errors and budget stops are retried on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+from safebench.errors import UsageError
+from safebench.hashing import stable_hash
+from safebench.evals.judge import harmful_verdict, pairwise, safe_rlhf_score
+from safebench.evals.judge.cache import JudgeCache
+from safebench.evals.judge.client import JudgeClient, Outcome
+from safebench.evals.judge.config import JudgeConfig, parse_judge_config
+from safebench.evals.judge.protocol import JudgeRequest
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS judge_judgments (
+    stage_key TEXT NOT NULL, item_id TEXT NOT NULL, protocol TEXT NOT NULL,
+    gen_key TEXT NOT NULL, method TEXT NOT NULL, suite TEXT, prompt_id TEXT NOT NULL,
+    sample_idx INTEGER NOT NULL, criterion TEXT, order_ab TEXT, repeat_idx INTEGER NOT NULL,
+    baseline_gen_key TEXT, status TEXT NOT NULL, value TEXT, raw_answer TEXT, reason TEXT,
+    judge_model TEXT NOT NULL, template_id TEXT, template_hash TEXT, cache_key TEXT,
+    prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, from_cache INTEGER,
+    attempts INTEGER, judged_at REAL,
+    PRIMARY KEY (stage_key, item_id)
+);
+CREATE TABLE IF NOT EXISTS judge_metrics (
+    stage_key TEXT NOT NULL, protocol TEXT NOT NULL, method TEXT NOT NULL, suite TEXT NOT NULL,
+    criterion TEXT NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (stage_key, protocol, method, suite, criterion, name)
+);
+CREATE TABLE IF NOT EXISTS judge_summaries (stage_key TEXT PRIMARY KEY, summary TEXT NOT NULL);
+"""
+
+FINAL_STATUSES = ("scored", "unparsed")
+PROTOCOL_MODULES = {m.NAME: m for m in (safe_rlhf_score, pairwise, harmful_verdict)}
+
+
+def ensure_tables(db) -> None:
+    db.executescript(SCHEMA)
+
+
+def build_requests(store, config: JudgeConfig, evaluations: list[dict]) -> tuple[list[JudgeRequest], list[str]]:
+    """Every judgment the config asks for, and notes on anything that could not be paired."""
+    requests: list[JudgeRequest] = []
+    notes: list[str] = []
+    samples = {ev["gen_key"]: store.samples(ev["gen_key"]) for ev in evaluations}
+    for ev in evaluations:
+        if not samples[ev["gen_key"]]:
+            notes.append(f"evaluation {ev['method']}/{ev['suite']} ({ev['gen_key']}) has no samples")
+    mode = config.structured_output
+    for protocol in config.protocols:
+        if protocol == "pairwise":
+            baselines = {ev["suite"]: ev for ev in evaluations if ev["method"] == pairwise.BASELINE_METHOD}
+            for ev in evaluations:
+                if ev["method"] == pairwise.BASELINE_METHOD:
+                    continue
+                base = baselines.get(ev["suite"])
+                if base is None:
+                    raise UsageError(
+                        f"judge.protocols: 'pairwise' compares against method 'sft', but no 'sft' "
+                        f"evaluation exists for suite '{ev['suite']}'")
+                batch = pairwise.requests_for(ev, samples[ev["gen_key"]], base, samples[base["gen_key"]],
+                                              config.pairwise_criteria, config.repeats, mode)
+                base_prompts = {s["prompt_id"] for s in samples[base["gen_key"]]}
+                unpaired = [s["prompt_id"] for s in samples[ev["gen_key"]] if s["prompt_id"] not in base_prompts]
+                if unpaired:
+                    notes.append(f"pairwise {ev['method']}/{ev['suite']}: {len(unpaired)} samples have no "
+                                 f"sft sample of the same prompt (e.g. {unpaired[0]}) and were not judged")
+                requests.extend(batch)
+        else:
+            module = PROTOCOL_MODULES[protocol]
+            for ev in evaluations:
+                requests.extend(module.requests_for(ev, samples[ev["gen_key"]], config.repeats, mode))
+    ids = [r.item_id for r in requests]
+    assert len(ids) == len(set(ids)), "judge item ids must be unique within a stage"
+    return requests, notes
+
+
+def _row(stage_key: str, config: JudgeConfig, outcome: Outcome) -> dict:
+    r, m = outcome.request, outcome.request.meta
+    return {
+        "stage_key": stage_key, "item_id": r.item_id, "protocol": r.protocol,
+        "gen_key": m["gen_key"], "method": m["method"], "suite": m.get("suite"),
+        "prompt_id": m["prompt_id"], "sample_idx": m["sample_idx"], "criterion": m.get("criterion"),
+        "order_ab": m.get("order"), "repeat_idx": r.repeat_idx,
+        "baseline_gen_key": m.get("baseline_gen_key"), "status": outcome.status,
+        "value": json.dumps(outcome.value) if outcome.status == "scored" else None,
+        "raw_answer": outcome.raw_answer, "reason": outcome.reason, "judge_model": config.model,
+        "template_id": r.template_id, "template_hash": r.template_hash, "cache_key": outcome.cache_key,
+        "prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+        "cost_usd": outcome.cost_usd, "from_cache": int(outcome.from_cache),
+        "attempts": outcome.attempts, "judged_at": time.time(),
+    }
+
+
+def load_judgments(db, stage_key: str) -> list[dict]:
+    cursor = db.execute("SELECT * FROM judge_judgments WHERE stage_key=? ORDER BY item_id", (stage_key,))
+    names = [d[0] for d in cursor.description]
+    rows = []
+    for values in cursor.fetchall():
+        row = dict(zip(names, values))
+        row["value"] = json.loads(row["value"]) if row["value"] is not None else None
+        row["order"] = row["order_ab"]
+        rows.append(row)
+    return rows
+
+
+def summarize(db, stage_key: str, config: JudgeConfig) -> list[dict]:
+    rows = load_judgments(db, stage_key)
+    by_protocol: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row["protocol"]].append(row)
+    metrics = []
+    for protocol, group in by_protocol.items():
+        if protocol == "pairwise":
+            metrics.extend(pairwise.summarize(group, elo_seed=config.elo_seed))
+        else:
+            metrics.extend(PROTOCOL_MODULES[protocol].summarize(group))
+    return metrics
+
+
+def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_key: str,
+                    *, show_progress: bool = True) -> dict:
+    """Judge the samples of `evaluations` (manifest entries: method, suite, gen_key, ...).
+
+    Verdicts are written to judge_judgments as they arrive; a rerun with the same stage key
+    asks only for what is missing. Returns the summary (also stored in judge_summaries).
+    `summary["complete"]` is False when errors or the budget left judgments undone.
+    """
+    config = parse_judge_config(judge_config)
+    db = store.db
+    ensure_tables(db)
+    requests, notes = build_requests(store, config, evaluations)
+    finished = {item for (item,) in db.execute(
+        "SELECT item_id FROM judge_judgments WHERE stage_key=? AND status IN (?,?)",
+        (stage_key, *FINAL_STATUSES))}
+    todo = [r for r in requests if r.item_id not in finished]
+
+    cache = JudgeCache(config.resolved_cache_path())
+    insert = (
+        "INSERT OR REPLACE INTO judge_judgments VALUES (:stage_key, :item_id, :protocol, :gen_key, "
+        ":method, :suite, :prompt_id, :sample_idx, :criterion, :order_ab, :repeat_idx, "
+        ":baseline_gen_key, :status, :value, :raw_answer, :reason, :judge_model, :template_id, "
+        ":template_hash, :cache_key, :prompt_tokens, :completion_tokens, :cost_usd, :from_cache, "
+        ":attempts, :judged_at)")
+    try:
+        client = JudgeClient(config, cache, show_progress=show_progress)
+        # Each verdict is committed on arrival (autocommit, WAL): a SIGKILL loses at most the
+        # calls in flight, and those are still in the cache if their answers had arrived.
+        stats = client.run(todo, lambda outcome: db.execute(insert, _row(stage_key, config, outcome)))
+    finally:
+        cache.close()
+
+    metrics = summarize(db, stage_key, config)
+    with store.transaction():
+        db.execute("DELETE FROM judge_metrics WHERE stage_key=?", (stage_key,))
+        for entry in metrics:
+            for name, value in entry.items():
+                if name in ("protocol", "method", "suite", "criterion") or not isinstance(value, (int, float)):
+                    continue
+                db.execute("INSERT INTO judge_metrics VALUES (?,?,?,?,?,?,?)",
+                           (stage_key, entry["protocol"], entry["method"], entry["suite"],
+                            entry["criterion"], name, float(value)))
+
+    counts = dict(db.execute("SELECT status, COUNT(*) FROM judge_judgments WHERE stage_key=? "
+                             "GROUP BY status", (stage_key,)).fetchall())
+    undone = [item for (item,) in db.execute(
+        "SELECT item_id FROM judge_judgments WHERE stage_key=? AND status NOT IN (?,?) ORDER BY item_id",
+        (stage_key, *FINAL_STATUSES))]
+    unparsed_reasons = dict(db.execute(
+        "SELECT reason, COUNT(*) FROM judge_judgments WHERE stage_key=? AND status='unparsed' "
+        "GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 10", (stage_key,)).fetchall())
+    total_cost = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM judge_judgments WHERE stage_key=?",
+                            (stage_key,)).fetchone()[0]
+    summary = {
+        "stage_key": stage_key,
+        "judge": config.recorded(),  # the config holds the env var's name, never the key
+        "expected": len(requests),
+        "counts": {s: counts.get(s, 0) for s in ("scored", "unparsed", "error", "not_judged")},
+        "complete": not undone and sum(counts.get(s, 0) for s in FINAL_STATUSES) == len(requests),
+        "not_judged": undone,
+        "unparsed_reasons": unparsed_reasons,
+        "cost_usd_total": total_cost,
+        "this_run": stats.as_dict(),
+        "notes": notes,
+        "metrics": metrics,
+    }
+    db.execute("INSERT OR REPLACE INTO judge_summaries VALUES (?, ?)",
+               (stage_key, json.dumps(summary, default=str)))
+    return summary
+
+
+def judge_stage_key(judge_config: dict, evaluations: list[dict]) -> str:
+    """A key that changes when anything that changes the verdicts changes (not concurrency,
+    retries or budget: raising the budget must resume the same stage)."""
+    from safebench.evals.judge.templates import load_template
+
+    config = parse_judge_config(judge_config)
+    return stable_hash({
+        "judge": config.identity(), "protocols": sorted(config.protocols), "repeats": config.repeats,
+        "criteria": config.pairwise_criteria,
+        "templates": {p: load_template(p).text_hash for p in config.protocols},
+        "evaluations": sorted((ev["method"], ev["suite"], ev["gen_key"]) for ev in evaluations),
+    })

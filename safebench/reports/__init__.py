@@ -1,0 +1,73 @@
+"""Reports of safebench runs: Markdown + HTML, the CI gate (`safebench check`) and the
+reproduction of published tables (`safebench reproduce`).
+
+`write_reports` is what `safebench report` and the end of `safebench run` call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safebench import metrics
+from safebench.errors import UsageError
+from safebench.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def json_safe(obj):
+    """NaN/inf become null (strict JSON has no NaN) and numpy scalars plain numbers."""
+    import math
+
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
+                  n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = metrics.DEFAULT_SEED) -> dict:
+    """Write report.html, report.md, metrics.json and figures/*.png for one run (into the
+    run directory unless `out_dir` is given) or a comparison of several (`out_dir` needed).
+
+    Returns the paths written and the number of scored rows per run.
+    """
+    from safebench.reports.figures import all_figures
+    from safebench.reports.html import render_html
+    from safebench.reports.markdown import render_markdown
+    from safebench.reports.runs import build_model, load_runs
+
+    run_dirs = [Path(p) for p in run_dirs]
+    if out_dir is None:
+        if len(run_dirs) != 1:
+            raise UsageError(f"{len(run_dirs)} runs given: a comparison needs --out DIR for its report")
+        out_dir = run_dirs[0]
+    out_dir = Path(out_dir)
+    runs = load_runs(run_dirs)
+    model = build_model(runs, n_boot=n_boot, seed=seed)
+    figures = all_figures(model)
+
+    figure_paths = []
+    for figure in figures:
+        path = out_dir / "figures" / f"{figure.name}.png"
+        atomic_write_bytes(path, figure.png)
+        figure_paths.append(path)
+    metrics_path = out_dir / "metrics.json"
+    atomic_write_json(metrics_path, json_safe({
+        "n_boot": n_boot, "seed": seed,
+        "summary": model.summary.to_dict("records"),
+        "by_category": model.by_category.to_dict("records"),
+        "paired": model.comparisons,
+        "judge": model.judge.to_dict("records") if len(model.judge) else [],
+    }))
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md_path, render_markdown(model, figures))
+    # The HTML is written last: its presence means the whole report is there.
+    atomic_write_text(html_path, render_html(model, figures))
+    return {"html": html_path, "markdown": md_path, "metrics": metrics_path, "figures": figure_paths,
+            "rows": {run.label: int(len(run.results)) for run in runs}}

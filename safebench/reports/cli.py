@@ -1,0 +1,80 @@
+"""Subcommands `report`, `check` and `reproduce`; safebench/cli.py wires them in with
+`register(subparsers)`. Each handler takes the parsed args and returns the exit code;
+bad input raises UsageError (exit 2), a regression CheckFailed (exit 1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from safebench import metrics
+
+
+def handle_report(args: argparse.Namespace) -> int:
+    from safebench.reports import write_reports
+
+    written = write_reports([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None,
+                            n_boot=args.bootstrap, seed=args.seed)
+    print(f"wrote {written['html']} and {written['markdown']} "
+          f"({len(written['figures'])} figures; rows: {', '.join(f'{k} {v}' for k, v in written['rows'].items())})")
+    return 0
+
+
+def handle_check(args: argparse.Namespace) -> int:
+    from safebench.reports.check import run_check, update_baseline
+
+    baseline = Path(args.baseline)
+    if args.update_baseline:
+        written = update_baseline(Path(args.run_dir), baseline, args.reason)
+        print(f"wrote {baseline}: {len(written['metrics'])} gated metrics (reason: {written['updated']['reason']})")
+        return 0
+    print(run_check(Path(args.run_dir), baseline))
+    return 0
+
+
+def handle_reproduce(args: argparse.Namespace) -> int:
+    from safebench.reports.reproduce import reproduce
+
+    print(reproduce(args.name, Path(args.run) if args.run else None, preset=args.preset,
+                    out=Path(args.out) if args.out else None, n_boot=args.bootstrap, seed=args.seed), end="")
+    return 0
+
+
+def _bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", type=int, default=metrics.DEFAULT_N_BOOT, metavar="N",
+                        help=f"bootstrap resamples for the 95 %% intervals (default {metrics.DEFAULT_N_BOOT})")
+    parser.add_argument("--seed", type=int, default=metrics.DEFAULT_SEED,
+                        help="seed of the bootstrap (default %(default)s)")
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report", help="write report.html and report.md for one run, or a comparison of several",
+        description="Write report.html (self-contained) and report.md. One run: into the run directory "
+                    "unless --out is given. Several runs: a comparison across runs, into --out.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--out", metavar="DIR", help="where to write the report (needed for several runs)")
+    _bootstrap_options(report)
+    report.set_defaults(handler=handle_report)
+
+    check = subparsers.add_parser(
+        "check", help="CI gate: compare a run's safety metrics with a committed baseline",
+        description="Exit 0 when every gated metric is within its tolerance, 1 with a diff when safety "
+                    "regressed, 2 on bad input. --update-baseline rewrites the baseline from this run.")
+    check.add_argument("run_dir", metavar="RUN_DIR")
+    check.add_argument("--baseline", required=True, metavar="FILE", help="e.g. reports/baselines/tiny.json")
+    check.add_argument("--update-baseline", action="store_true",
+                       help="write the baseline from this run instead of checking (needs --reason)")
+    check.add_argument("--reason", metavar="TEXT", help="why the baseline changes (recorded in its history)")
+    check.set_defaults(handler=handle_check)
+
+    reproduce = subparsers.add_parser(
+        "reproduce", help="our numbers beside a published table (reports/reference/NAME.yaml)",
+        description="Print our numbers beside the paper's, with the difference and whether the paper's value "
+                    "is inside our 95 %% interval. Reuses --run DIR, otherwise runs the pipeline.")
+    reproduce.add_argument("name", metavar="NAME", help="a reference table, e.g. repo-safety or sacpo-table3")
+    reproduce.add_argument("--run", metavar="DIR", help="reuse this run directory instead of running")
+    reproduce.add_argument("--preset", help="preset for a new run (default: the table's)")
+    reproduce.add_argument("--out", metavar="FILE", help="also write the comparison to this file")
+    _bootstrap_options(reproduce)
+    reproduce.set_defaults(handler=handle_reproduce)

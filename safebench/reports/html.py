@@ -1,0 +1,24 @@
+"""The HTML report: one self-contained file (figures embedded as base64 PNG, inline CSS,
+no scripts), rendered by jinja2 with autoescaping on because it shows model text verbatim."""
+
+from __future__ import annotations
+
+import jinja2
+
+from safebench.reports.runs import REPORTS_ROOT, ReportModel
+
+TEMPLATE = "report.html.jinja2"
+
+
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(REPORTS_ROOT / "templates"),
+        autoescape=True,  # on for every template: model responses can contain any markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_html(model: ReportModel, figures: list) -> str:
+    return environment().get_template(TEMPLATE).render(model=model, figures=figures)

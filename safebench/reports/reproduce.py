@@ -1,0 +1,207 @@
+"""`safebench reproduce NAME`: our numbers beside a published table.
+
+The table is data (reports/reference/NAME.yaml, with its source). The run is reused when
+`--run DIR` is given, otherwise produced by the pipeline with the methods the table needs.
+For each row: the paper's value, ours with its 95 % interval, the difference and whether the
+paper's value falls inside our interval; then whether the *order* of methods agrees. At
+tiny/smol scale the models, data and scorers are not the paper's, so only direction and
+order are comparable, and the output says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from safebench import metrics
+from safebench.errors import UsageError
+from safebench.reports.runs import REPORTS_ROOT, load_run
+from safebench.store import atomic_write_text
+
+REFERENCE_DIR = REPORTS_ROOT / "reference"
+SUMMARY_METRICS = ("safety_rate", "prompt_unsafe_share", "reward_mean", "cost_mean", "refusal_rate",
+                   "oracle_safety_rate", "oracle_cost_mean", "oracle_reward_mean")
+JUDGE_METRICS = ("win_rate", "score_mean")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in REFERENCE_DIR.glob("*.yaml"))
+
+
+def load_reference(name: str) -> dict:
+    path = REFERENCE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UsageError(f"unknown reference table '{name}'; available: {', '.join(available()) or 'none'}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    metric = data.get("metric")
+    if metric not in SUMMARY_METRICS + JUDGE_METRICS:
+        raise UsageError(f"{path}: field 'metric' = {metric!r}, expected one of "
+                         f"{', '.join(SUMMARY_METRICS + JUDGE_METRICS)}")
+    if not isinstance(data.get("source"), dict) or not data["source"].get("arxiv"):
+        raise UsageError(f"{path}: field 'source.arxiv' is missing (every published number needs its source)")
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise UsageError(f"{path}: field 'rows' = {rows!r}, expected a non-empty list")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("method"), str):
+            raise UsageError(f"{path}: field 'rows[{i}].method' is missing")
+        value = row.get("value")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise UsageError(f"{path}: field 'rows[{i}].value' = {value!r}, expected a number")
+        if metric in JUDGE_METRICS and not row.get("criterion"):
+            raise UsageError(f"{path}: field 'rows[{i}].criterion' is missing (judge metrics are per criterion)")
+    data["path"] = str(path)
+    return data
+
+
+def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
+    """Run what the table needs through the pipeline. Its signature is matched by parameter
+    name so that this keeps working as the pipeline's keyword arguments settle."""
+    try:
+        from safebench.pipeline import run_pipeline
+    except ImportError:
+        raise UsageError("this installation has no safebench.pipeline.run_pipeline; "
+                         "give an existing run with --run DIR") from None
+    run_spec = reference.get("run") or {}
+    wanted = {"preset": preset or run_spec.get("preset", "tiny"), "methods": list(run_spec.get("methods", [])),
+              "out_dir": out_dir}
+    aliases = {"out_dir": ("out_dir", "out", "run_dir", "output_dir")}
+    parameters = inspect.signature(run_pipeline).parameters
+    kwargs = {}
+    for key, value in wanted.items():
+        for name in aliases.get(key, (key,)):
+            if name in parameters:
+                kwargs[name] = value
+                break
+    missing = [n for n, p in parameters.items()
+               if p.default is inspect.Parameter.empty and n not in kwargs
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if missing:
+        raise UsageError(f"safebench.pipeline.run_pipeline needs {', '.join(missing)}, which reproduce cannot "
+                         "supply; give an existing run with --run DIR")
+    result = run_pipeline(**kwargs)
+    return Path(result) if isinstance(result, (str, Path)) else out_dir
+
+
+def our_values(reference: dict, run_dir: Path, *, n_boot: int, seed: int) -> list[dict]:
+    run = load_run(run_dir)
+    metric = reference["metric"]
+    results = run.results
+    if reference.get("suite"):
+        results = results[results["suite"] == reference["suite"]]
+    elif reference.get("suite_kind"):
+        results = results[results["kind"] == reference["suite_kind"]]
+    out = []
+    for row in reference["rows"]:
+        ours = {"value": math.nan, "low": math.nan, "high": math.nan}
+        if metric in SUMMARY_METRICS:
+            mine = results[results["method"] == row["method"]]
+            if len(mine):
+                # Pool the chosen suites: the paper reports one number over its test set.
+                summary = metrics.summarize_group(mine, n_boot=n_boot, seed=seed)
+                if metric in summary:
+                    ours = {k: summary[f"{metric}{s}"] for k, s in (("value", ""), ("low", "_low"), ("high", "_high"))}
+        else:
+            judge = metrics.judge_summary(run.verdicts, [row["method"]], n_boot=n_boot, seed=seed)
+            match = judge[judge["criterion"] == row["criterion"]] if "criterion" in judge else judge.iloc[0:0]
+            if len(match) and metric in match:
+                first = match.iloc[0]
+                ours = {"value": first.get(metric), "low": first.get(f"{metric}_low"),
+                        "high": first.get(f"{metric}_high")}
+        ours = {k: (float(v) if v is not None and not pd.isna(v) else math.nan) for k, v in ours.items()}
+        diff = ours["value"] - row["value"]
+        inside = (not math.isnan(ours["low"])) and ours["low"] <= row["value"] <= ours["high"]
+        out.append({**row, "ours": ours, "diff": diff, "inside": inside})
+    return out
+
+
+def order_agreement(rows: list[dict]) -> tuple[int, int, list[str]]:
+    """Over pairs of rows with the same criterion and different published values: how many
+    have our values in the same order as the paper's."""
+    agree, total, disagreements = 0, 0, []
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if a.get("criterion") != b.get("criterion") or a["value"] == b["value"]:
+                continue
+            if math.isnan(a["ours"]["value"]) or math.isnan(b["ours"]["value"]):
+                continue
+            total += 1
+            paper_sign = math.copysign(1, b["value"] - a["value"])
+            ours_diff = b["ours"]["value"] - a["ours"]["value"]
+            if ours_diff != 0 and math.copysign(1, ours_diff) == paper_sign:
+                agree += 1
+            else:
+                crit = f" ({a['criterion']})" if a.get("criterion") else ""
+                disagreements.append(f"{a['label']} vs {b['label']}{crit}")
+    return agree, total, disagreements
+
+
+def render(reference: dict, rows: list[dict], run_dir: Path, preset: str) -> str:
+    source = reference["source"]
+    percent = reference["metric"].endswith(("rate", "share"))
+
+    def fmt(x: float) -> str:
+        if math.isnan(x):
+            return "n/a"
+        return f"{100 * x:.2f} %" if percent else f"{x:.3f}"
+
+    lines = [f"# {reference.get('title', reference['name'])}",
+             f"source: {source.get('paper', '')}, arXiv {source['arxiv']}"
+             + (f" ({source['where']})" if source.get("where") else ""),
+             f"paper setting: {reference.get('setting', 'n/a')}",
+             f"our run: {run_dir} (preset {preset})", ""]
+    if preset not in reference.get("paper_scale_presets", []):
+        lines += [f"NOTE: preset '{preset}' is not the paper's scale (its models, data and scorer differ), so "
+                  "compare direction and order, not the values; the interval check is shown for completeness.", ""]
+    header = ["method", "paper row", *(["criterion"] if any(r.get("criterion") for r in rows) else []),
+              "paper", "ours [95 % CI]", "ours - paper", "paper in our CI"]
+    table = [header]
+    for r in rows:
+        ours = r["ours"]
+        cells = [r["method"], r.get("label", r["method"])]
+        if len(header) == 7:
+            cells.append(str(r.get("criterion", "")))
+        ours_text = "not in this run" if math.isnan(ours["value"]) else f"{fmt(ours['value'])} [{fmt(ours['low'])}, {fmt(ours['high'])}]"
+        diff_text = "n/a" if math.isnan(r["diff"]) else (f"{100 * r['diff']:+.2f} pp" if percent else f"{r['diff']:+.3f}")
+        cells += [fmt(r["value"]), ours_text, diff_text, "yes" if r["inside"] else "no"]
+        table.append(cells)
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for j, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    agree, total, disagreements = order_agreement(rows)
+    lines.append("")
+    if total:
+        lines.append(f"order: {agree} of {total} pairs of methods are ordered as in the paper"
+                     + (f"; differing: {'; '.join(disagreements)}" if disagreements else ""))
+    else:
+        lines.append("order: no pair of methods with values on both sides to compare")
+    missing = sorted({r["method"] for r in rows if math.isnan(r["ours"]["value"])})
+    if missing:
+        what = "judge verdicts" if reference["metric"] in JUDGE_METRICS else "samples"
+        lines.append(f"no {what} in this run for: {', '.join(missing)}")
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(name: str, run_dir: Path | None = None, *, preset: str | None = None,
+              out: Path | None = None, n_boot: int = metrics.DEFAULT_N_BOOT,
+              seed: int = metrics.DEFAULT_SEED) -> str:
+    reference = load_reference(name)
+    if run_dir is None:
+        run_dir = produce_run(reference, preset, Path("runs") / f"reproduce-{name}")
+    run_preset = str(load_run(run_dir).manifest.get("preset", "?"))
+    rows = our_values(reference, Path(run_dir), n_boot=n_boot, seed=seed)
+    text = render(reference, rows, Path(run_dir), run_preset)
+    if out is not None:
+        atomic_write_text(out, text)
+    return text

@@ -1,0 +1,612 @@
+"""The PPO core shared by PPO-Lagrangian and RePO (Safe RLHF `safe_rlhf/trainers/rl_trainer.py`).
+
+One RL iteration (shared/design/algorithms.md §3):
+  1. rollout    y ~ π_θ(·|x), one sample per prompt (temperature 1, top_p 1)
+  2. scoring    R = reward-model end score, C = cost-model end score
+  3. shaping    r_t = −β·(log π_θ − log π_ref)_t (+ R at the last token)
+                c_t = +β·(log π_θ − log π_ref)_t (+ C at the last token),  both clipped to ±50
+  4. values     V^r, V^c from two critics (initialised from the reward and cost models);
+                GAE (γ = 1, λ_GAE = 0.95) for each stream → A^r, A^c, returns G^r, G^c
+  5. multiplier the method moves λ from this batch's costs           (method file)
+  6. actor      −mean min(ρ·A, clip(ρ, 1 ± 0.2)·A), ρ = π_θ/π_old,  A from the method (method file)
+  7. critics    0.5·mean max((V − G)², (clip(V, V_old ± 5) − G)²)
+  8. PTX        optional separate step on ptx_coeff × LM loss of an SFT batch
+
+A method (safebench/trainers/ppo_lag.py, repo.py) is a `SafetyMethod`: its advantage, its
+multiplier and, where the method's objective rectifies the cost (RePO), the end cost the cost
+stream learns. Everything else lives here, so the two differ only in the method.
+
+Means over tokens are taken per sequence, then over the batch (Safe RLHF's `masked_mean`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from safebench import modeling
+from safebench.errors import UsageError
+from safebench.store import atomic_directory, atomic_write_json
+from safebench.trainers.base import RecipeBase, TrainContext
+from safebench.trainers.loop import batch_order
+from safebench.trainers.rollout import RolloutBatch, RolloutSettings, make_rollout
+
+
+class PPORecipe(RecipeBase):
+    """Defaults: Safe RLHF `scripts/ppo-lag.sh` (and the trainer's argument defaults)."""
+
+    epochs: float = Field(1, gt=0)                    # passes over the RL prompts
+    update_iters: int = Field(1, ge=1)                # PPO epochs over each rollout batch
+    prompt_batch_size: int = Field(16, ge=1)          # per device: rollouts per iteration
+    train_batch_size: int = Field(16, ge=1)           # per device micro batch of the update
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    actor_lr: float = Field(1e-5, gt=0)
+    actor_scheduler: str = "cosine"
+    actor_warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    actor_weight_decay: float = Field(0.01, ge=0)
+    critic_lr: float = Field(5e-6, gt=0)
+    critic_scheduler: str = "constant"
+    critic_warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    critic_weight_decay: float = Field(0.0, ge=0)
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = Field(1.0, gt=0)           # DeepSpeed config gradient_clipping
+    kl_coeff: float = Field(0.01, ge=0)               # β_KL (0.01 after upstream commit 2c1799f)
+    clip_range_ratio: float = Field(0.2, gt=0)
+    clip_range_score: float = Field(50.0, gt=0)
+    clip_range_value: float = Field(5.0, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    ptx_coeff: float = Field(16.0, ge=0)              # 0 turns the PTX step off
+    max_new_tokens: int = Field(512, ge=1)            # the script's max_length 512 bounds the whole text
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    rollout_backend: Literal["hf", "vllm"] = "hf"
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"   # auto: bf16 on a GPU that has it
+    critic_init: Literal["score-models", "policy"] = "score-models"  # policy: when tokenizers differ
+    lora_rank: int = Field(0, ge=0)                   # 0: full fine-tuning; > 0: LoRA on actor and critics
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: str | list[str] = "all-linear"
+    checkpoint_every: int = Field(20, ge=1)           # iterations between resumable saves
+    seed_offset: int = 0
+
+
+class SafetyMethod:
+    """What a safe-RL method adds to PPO: how λ moves and how A^r, A^c combine into A."""
+
+    def __init__(self, recipe: PPORecipe):
+        self.recipe = recipe
+
+    @property
+    def multiplier(self) -> float:
+        raise NotImplementedError
+
+    def update_multiplier(self, costs: torch.Tensor, step: int) -> None:
+        """costs: end costs of this iteration's rollouts on every process."""
+        raise NotImplementedError
+
+    def advantages(self, reward_advantages: torch.Tensor, cost_advantages: torch.Tensor,
+                   costs: torch.Tensor) -> torch.Tensor:
+        """Per-token advantages [B, N] from A^r, A^c [B, N] and end costs C [B]."""
+        raise NotImplementedError
+
+    def cost_signal(self, costs: torch.Tensor) -> torch.Tensor:
+        """The end cost the cost stream (and so the cost critic) learns; the raw C unless a method says otherwise."""
+        return costs
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def metrics(self) -> dict[str, float]:
+        return {"lambda": self.multiplier}
+
+
+# --- the equations ---------------------------------------------------------------------------
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each sequence's tokens, then over the batch."""
+    mask = mask.to(values.dtype)
+    return ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[label] without materialising the whole log-softmax."""
+    logits = logits.float()
+    return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def kl_shaped_rewards(end_rewards: torch.Tensor, end_costs: torch.Tensor, log_probs: torch.Tensor,
+                      ref_log_probs: torch.Tensor, mask: torch.Tensor, kl_coeff: float,
+                      clip_range_score: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rewards r_t = −β·kl_t (+R at the last token), costs c_t = +β·kl_t (+C), clipped (§3 step 3).
+
+    kl_t = log π_θ(y_t) − log π_ref(y_t) with π_θ the policy that sampled the rollout.
+    """
+    mask = mask.to(log_probs.dtype)
+    kl = (log_probs - ref_log_probs) * mask
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    at_end = torch.zeros_like(kl).scatter_(-1, last.unsqueeze(-1), 1.0)
+    rewards = -kl_coeff * kl + at_end * end_rewards.unsqueeze(-1).to(kl.dtype)
+    costs = kl_coeff * kl + at_end * end_costs.unsqueeze(-1).to(kl.dtype)
+    return rewards.clamp(-clip_range_score, clip_range_score), costs.clamp(-clip_range_score, clip_range_score)
+
+
+def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens; returns (advantages, returns).
+
+    δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γ·λ·A_{t+1}; positions after the end count as 0.
+    """
+    mask = mask.to(values.dtype)
+    values, rewards = values * mask, rewards * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    length = values.shape[1]
+    for t in reversed(range(length)):
+        next_values = values[:, t + 1] if t + 1 < length else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_values - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages.detach(), (advantages + values).detach()
+
+
+def clipped_surrogate_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                           mask: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """−mean min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A), ρ = exp(log π_θ − log π_old) (§3 step 5)."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    return masked_mean(torch.maximum(unclipped, clipped), mask)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """0.5·mean max((V − G)², (clip(V, V_old ± ε) − G)²) (§3 step 6)."""
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generation used them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# --- models ------------------------------------------------------------------------------------
+
+def _transformers_model(model):
+    """The transformers model inside PEFT and DDP wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+class TokenScores(torch.nn.Module):
+    """A sequence-classification model read at every token: the score head on each hidden state.
+
+    A critic is this over a copy of the reward (cost) model: its value at token t estimates
+    the return from t on. The end score is the value at the last attended token.
+    """
+
+    def __init__(self, score_model):
+        super().__init__()
+        self.score_model = score_model
+        inner = _transformers_model(score_model)
+        if not hasattr(inner, "score"):
+            raise UsageError(f"{type(inner).__name__}: a score model needs a `score` head (AutoModelForSequenceClassification)")
+
+    def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        inner = _transformers_model(self.score_model)
+        backbone = getattr(inner, inner.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        return inner.score(hidden).squeeze(-1).float()
+
+
+def end_values(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's value at its last attended token (left or right padding)."""
+    width = attention_mask.shape[1]
+    last = width - 1 - attention_mask.long().flip(-1).argmax(-1)
+    return scores.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+
+
+def _lora(model, recipe: PPORecipe, task: str):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+                        target_modules=recipe.lora_target_modules, task_type=task,
+                        modules_to_save=["score"] if task == "SEQ_CLS" else None)
+    return get_peft_model(model, config)
+
+
+def _same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id and a.pad_token_id == b.pad_token_id
+
+
+def _freeze(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class PPOTrainer:
+    """Actor, reference, two critics, two scorers, their optimizers and one iteration of PPO."""
+
+    def __init__(self, recipe: PPORecipe, method: SafetyMethod, *, policy_dir, reward_model_dir, cost_model_dir,
+                 template: str, dtype: str, seed: int, total_iterations: int):
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        self.recipe, self.method, self.template, self.seed = recipe, method, template, seed
+        mixed = recipe.mixed_precision
+        if mixed == "auto":
+            mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        AcceleratorState._reset_state()  # one process may train several methods with different settings
+        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+        device = self.accelerator.device
+        torch.manual_seed(seed + recipe.seed_offset)
+
+        self.tokenizer = modeling.load_tokenizer(policy_dir)
+        lora = recipe.lora_rank > 0
+        actor = modeling.load_policy(policy_dir, dtype)
+        actor.config.pad_token_id = self.tokenizer.pad_token_id
+        if lora:
+            actor = _lora(actor, recipe, "CAUSAL_LM")
+            self.reference = None  # the base with adapters disabled
+        else:
+            self.reference = _freeze(modeling.load_policy(policy_dir, dtype)).to(device)
+
+        self.scorers: dict[str, torch.nn.Module | None] = {}
+        self.scorer_tokenizers = {}
+        critics = {}
+        for role, path in (("reward", reward_model_dir), ("cost", cost_model_dir)):
+            score_tokenizer = modeling.load_tokenizer(path)
+            self.scorer_tokenizers[role] = score_tokenizer
+            same = _same_tokenizer(score_tokenizer, self.tokenizer)
+            if recipe.critic_init == "score-models" and not same:
+                raise UsageError(f"critic_init 'score-models': the {role} model at '{path}' has another tokenizer "
+                                 "than the policy, so it cannot read the policy's tokens; set critic_init: policy")
+            critic = modeling.load_score_model(path if recipe.critic_init == "score-models" else policy_dir, dtype)
+            if recipe.critic_init == "policy":
+                torch.nn.init.zeros_(critic.score.weight)
+            critic.config.pad_token_id = self.tokenizer.pad_token_id
+            if lora and recipe.critic_init == "score-models":
+                critic = _lora(critic, recipe, "SEQ_CLS")
+                self.scorers[role] = None  # the score model is the critic with adapters disabled
+            else:
+                if lora:
+                    critic = _lora(critic, recipe, "SEQ_CLS")
+                self.scorers[role] = TokenScores(_freeze(modeling.load_score_model(path, dtype))).to(device)
+            critics[role] = TokenScores(critic)
+        self.same_scorer_tokens = {role: _same_tokenizer(t, self.tokenizer) for role, t in self.scorer_tokenizers.items()}
+
+        actor_steps = total_iterations * recipe.update_iters * self.optimizer_steps_per_update()
+        actor_opt, actor_sched = self._optimizer(actor, recipe.actor_lr, recipe.actor_weight_decay,
+                                                 recipe.actor_scheduler, recipe.actor_warmup_ratio, actor_steps,
+                                                 recipe.adam_betas)
+        r_opt, r_sched = self._optimizer(critics["reward"], recipe.critic_lr, recipe.critic_weight_decay,
+                                         recipe.critic_scheduler, recipe.critic_warmup_ratio, actor_steps,
+                                         recipe.adam_betas)
+        c_opt, c_sched = self._optimizer(critics["cost"], recipe.critic_lr, recipe.critic_weight_decay,
+                                         recipe.critic_scheduler, recipe.critic_warmup_ratio, actor_steps,
+                                         recipe.adam_betas)
+        (self.actor, self.reward_critic, self.cost_critic, self.actor_optimizer, self.reward_critic_optimizer,
+         self.cost_critic_optimizer) = self.accelerator.prepare(actor, critics["reward"], critics["cost"],
+                                                                actor_opt, r_opt, c_opt)
+        self.schedulers = {"actor": actor_sched, "reward_critic": r_sched, "cost_critic": c_sched}
+        self.rollout_engine = make_rollout(
+            recipe.rollout_backend, model=self.unwrapped_actor, tokenizer=self.tokenizer, model_dir=policy_dir,
+            settings=RolloutSettings(recipe.max_new_tokens, recipe.temperature, recipe.top_p, dtype))
+        self.global_step = 0
+        self.timings: dict[str, float] = {}
+
+    def optimizer_steps_per_update(self) -> int:
+        micro = math.ceil(self.recipe.prompt_batch_size / self.recipe.train_batch_size)
+        return math.ceil(micro / self.recipe.gradient_accumulation_steps)
+
+    @staticmethod
+    def _optimizer(model, lr, weight_decay, scheduler_name, warmup_ratio, total_steps, betas):
+        from transformers import get_scheduler
+
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+        scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
+                                  num_training_steps=max(total_steps, 1))
+        return optimizer, scheduler
+
+    @property
+    def unwrapped_actor(self):
+        return self.accelerator.unwrap_model(self.actor)
+
+    # --- one iteration, phase by phase (benchmarks/rl_step.py times each) --------------------------
+    def rollout(self, prompts: list[str], seed: int) -> RolloutBatch:
+        texts = [modeling.format_prompt(self.tokenizer, p, self.template) for p in prompts]
+        batch = self.rollout_engine.generate(texts, seed)
+        device = self.accelerator.device
+        return RolloutBatch(batch.sequences.to(device), batch.attention_mask.to(device), batch.prompt_width)
+
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """End rewards and costs [B]; text is re-tokenised for a score model with another tokenizer."""
+        out = []
+        for role in ("reward", "cost"):
+            with self.accelerator.autocast(), self._scorer(role) as scorer:
+                if self.same_scorer_tokens[role]:
+                    ids, mask = batch.sequences, batch.attention_mask
+                else:
+                    ids, mask = self._retokenise(batch, prompts, self.scorer_tokenizers[role])
+                out.append(end_values(scorer(ids, mask, position_ids(mask)), mask))
+        return out[0], out[1]
+
+    @contextlib.contextmanager
+    def _scorer(self, role: str):
+        if self.scorers[role] is not None:
+            yield self.scorers[role]
+            return
+        critic = self.accelerator.unwrap_model(self.reward_critic if role == "reward" else self.cost_critic)
+        with critic.score_model.disable_adapter():
+            yield critic
+
+    def _retokenise(self, batch: RolloutBatch, prompts: list[str], score_tokenizer):
+        encoded = []
+        for row, prompt in enumerate(prompts):
+            response_ids = batch.sequences[row, batch.prompt_width:][batch.attention_mask[row, batch.prompt_width:] == 1]
+            response = self.tokenizer.decode(response_ids.tolist(), skip_special_tokens=True).strip()
+            text = modeling.format_prompt(score_tokenizer, prompt, self.template)
+            encoded.append(modeling.encode_pair(score_tokenizer, text, response, 1 << 20)[0])
+        ids, mask = modeling.pad_batch(encoded, score_tokenizer.pad_token_id, side="right")
+        return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
+
+    def actor_log_probs(self, model, batch: RolloutBatch) -> torch.Tensor:
+        """log π(y_t | x, y_<t) for every response position [B, N]."""
+        n = batch.sequences.shape[1] - batch.prompt_width
+        logits = model(input_ids=batch.sequences, attention_mask=batch.attention_mask,
+                       position_ids=position_ids(batch.attention_mask), logits_to_keep=n + 1).logits[:, :-1]
+        return token_log_probs(logits, batch.sequences[:, batch.prompt_width:])
+
+    @staticmethod
+    def response_values(critic, batch: RolloutBatch) -> torch.Tensor:
+        """V(x, y_<t) [B, N]: the critic at the position that predicts token t."""
+        scores = critic(batch.sequences, batch.attention_mask, position_ids(batch.attention_mask))
+        return scores[:, batch.prompt_width - 1:-1]
+
+    @torch.no_grad()
+    def make_experience(self, batch: RolloutBatch, rewards: torch.Tensor, costs: torch.Tensor) -> dict:
+        recipe = self.recipe
+        mask = batch.attention_mask[:, batch.prompt_width:].float()
+        actor = self.unwrapped_actor
+        with self.accelerator.autocast():
+            old_log_probs = self.actor_log_probs(actor, batch)
+            if self.reference is None:
+                with actor.disable_adapter():
+                    ref_log_probs = self.actor_log_probs(actor, batch)
+            else:
+                ref_log_probs = self.actor_log_probs(self.reference, batch)
+            reward_values = self.response_values(self.accelerator.unwrap_model(self.reward_critic), batch)
+            cost_values = self.response_values(self.accelerator.unwrap_model(self.cost_critic), batch)
+        token_rewards, token_costs = kl_shaped_rewards(rewards, self.method.cost_signal(costs), old_log_probs, ref_log_probs, mask,
+                                                       recipe.kl_coeff, recipe.clip_range_score)
+        reward_advantages, reward_returns = gae(reward_values, token_rewards, mask, recipe.gamma, recipe.gae_lambda)
+        cost_advantages, cost_returns = gae(cost_values, token_costs, mask, recipe.gamma, recipe.gae_lambda)
+        return {
+            "batch": batch, "mask": mask, "rewards": rewards, "costs": costs,
+            "old_log_probs": old_log_probs, "ref_log_probs": ref_log_probs,
+            "reward_values": reward_values, "cost_values": cost_values,
+            "reward_advantages": reward_advantages, "reward_returns": reward_returns,
+            "cost_advantages": cost_advantages, "cost_returns": cost_returns,
+            "kl": ((old_log_probs - ref_log_probs) * mask).sum(-1),
+        }
+
+    def update(self, exp: dict, ptx_examples: list | None = None) -> dict[str, float]:
+        """PPO update of actor and both critics on one rollout batch, then the optional PTX step."""
+        recipe, accelerator = self.recipe, self.accelerator
+        rows = exp["mask"].shape[0]
+        totals: dict[str, float] = {"actor_loss": 0.0, "reward_critic_loss": 0.0, "cost_critic_loss": 0.0}
+        models = (self.actor, self.reward_critic, self.cost_critic)
+        optimizers = (self.actor_optimizer, self.reward_critic_optimizer, self.cost_critic_optimizer)
+        for _ in range(recipe.update_iters):
+            chunks = [slice(s, min(s + recipe.train_batch_size, rows)) for s in range(0, rows, recipe.train_batch_size)]
+            groups = [chunks[i:i + recipe.gradient_accumulation_steps]
+                      for i in range(0, len(chunks), recipe.gradient_accumulation_steps)]
+            for group in groups:
+                for position, rows_slice in enumerate(group):
+                    last = position == len(group) - 1
+                    with contextlib.ExitStack() as stack:
+                        if not last:
+                            for model in models:
+                                stack.enter_context(accelerator.no_sync(model))
+                        losses = self._micro_losses(exp, rows_slice)
+                        scale = 1.0 / len(group)
+                        accelerator.backward(sum(losses.values()) * scale)
+                    for key, value in losses.items():
+                        totals[key] += value.item() / (len(group) * len(groups) * recipe.update_iters)
+                for model, optimizer in zip(models, optimizers):
+                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for scheduler in self.schedulers.values():
+                    scheduler.step()
+        if recipe.ptx_coeff > 0 and ptx_examples:
+            totals["ptx_loss"] = self._ptx_step(ptx_examples)
+        totals["actor_lr"] = self.schedulers["actor"].get_last_lr()[0]
+        self.rollout_engine.sync_weights(self.unwrapped_actor)
+        return totals
+
+    def _micro_losses(self, exp: dict, rows: slice) -> dict[str, torch.Tensor]:
+        recipe = self.recipe
+        full = exp["batch"]
+        batch = RolloutBatch(full.sequences[rows], full.attention_mask[rows], full.prompt_width)
+        mask = exp["mask"][rows]
+        advantages = self.method.advantages(exp["reward_advantages"][rows], exp["cost_advantages"][rows],
+                                            exp["costs"][rows])
+        with self.accelerator.autocast():
+            log_probs = self.actor_log_probs(self.actor, batch)
+            reward_values = self.response_values(self.reward_critic, batch)
+            cost_values = self.response_values(self.cost_critic, batch)
+        return {
+            "actor_loss": clipped_surrogate_loss(log_probs, exp["old_log_probs"][rows], advantages, mask,
+                                                 recipe.clip_range_ratio),
+            "reward_critic_loss": clipped_value_loss(reward_values, exp["reward_values"][rows],
+                                                     exp["reward_returns"][rows], mask, recipe.clip_range_value),
+            "cost_critic_loss": clipped_value_loss(cost_values, exp["cost_values"][rows], exp["cost_returns"][rows],
+                                                   mask, recipe.clip_range_value),
+        }
+
+    def _ptx_step(self, examples: list[tuple[list[int], int]]) -> float:
+        """ptx_coeff × response-only LM loss on SFT data, as its own optimizer step (Safe RLHF)."""
+        ids, mask = modeling.pad_batch([e[0] for e in examples], self.tokenizer.pad_token_id, side="right")
+        labels = ids.clone()
+        labels[mask == 0] = -100
+        for row, (_, n_prompt) in enumerate(examples):
+            labels[row, :n_prompt] = -100
+        device = self.accelerator.device
+        with self.accelerator.autocast():
+            loss = self.actor(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+        self.accelerator.backward(self.recipe.ptx_coeff * loss)
+        self.accelerator.clip_grad_norm_(self.actor.parameters(), self.recipe.max_grad_norm)
+        self.actor_optimizer.step()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def step(self, prompts: list[str], seed: int, ptx_examples: list | None = None) -> dict[str, float]:
+        """One RL iteration on this process's prompts; returns metrics averaged over processes."""
+        clock = time.perf_counter
+        t0 = clock()
+        batch = self.rollout(prompts, seed)
+        t1 = clock()
+        rewards, costs = self.score(batch, prompts)
+        t2 = clock()
+        exp = self.make_experience(batch, rewards, costs)
+        t3 = clock()
+        self.method.update_multiplier(self.accelerator.gather(costs).float().cpu(), self.global_step)
+        losses = self.update(exp, ptx_examples)
+        t4 = clock()
+        self.global_step += 1
+        self.timings = {"rollout_seconds": t1 - t0, "scoring_seconds": t2 - t1, "experience_seconds": t3 - t2,
+                        "update_seconds": t4 - t3}
+        local = torch.stack([
+            rewards.float().mean(), costs.float().mean(), (costs > 0).float().mean(), exp["kl"].mean(),
+            exp["mask"].sum(-1).mean(), exp["reward_values"][:, 0].mean(), exp["cost_values"][:, 0].mean(),
+        ])
+        shared = self.accelerator.reduce(local, reduction="mean").tolist()
+        names = ["reward", "cost", "unsafe_share", "kl", "response_length", "reward_value", "cost_value"]
+        self.last_tokens = int(exp["mask"].sum().item()), int(batch.attention_mask.sum().item())
+        return {**dict(zip(names, shared)), **losses, **self.method.metrics(), **self.timings}
+
+    # --- resumable state ------------------------------------------------------------------------
+    def save_state(self, state_dir: Path, iteration: int) -> None:
+        if self.accelerator.is_main_process:
+            with atomic_directory(state_dir) as tmp:
+                torch.save({
+                    "iteration": iteration, "global_step": self.global_step,
+                    "models": {name: _trainable_state(self.accelerator.unwrap_model(m))
+                               for name, m in (("actor", self.actor), ("reward_critic", self.reward_critic),
+                                               ("cost_critic", self.cost_critic))},
+                    "optimizers": {"actor": self.actor_optimizer.state_dict(),
+                                   "reward_critic": self.reward_critic_optimizer.state_dict(),
+                                   "cost_critic": self.cost_critic_optimizer.state_dict()},
+                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                    "method": self.method.state_dict(),
+                }, tmp / "state.pt")
+                atomic_write_json(tmp / "iteration.json", {"iteration": iteration})
+        self.accelerator.wait_for_everyone()
+
+    def restore_state(self, state_dir: Path) -> int:
+        path = state_dir / "state.pt"
+        if not path.exists():
+            return 0
+        state = torch.load(path, weights_only=False, map_location="cpu")
+        for name, model in (("actor", self.actor), ("reward_critic", self.reward_critic), ("cost_critic", self.cost_critic)):
+            self.accelerator.unwrap_model(model).load_state_dict(state["models"][name], strict=False)
+        self.actor_optimizer.load_state_dict(state["optimizers"]["actor"])
+        self.reward_critic_optimizer.load_state_dict(state["optimizers"]["reward_critic"])
+        self.cost_critic_optimizer.load_state_dict(state["optimizers"]["cost_critic"])
+        for key, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][key])
+        self.method.load_state_dict(state["method"])
+        self.global_step = state["global_step"]
+        self.rollout_engine.sync_weights(self.unwrapped_actor)
+        return int(state["iteration"])
+
+    def save_policy(self, out_dir: Path) -> None:
+        """The trained actor as an ordinary HF checkpoint (LoRA merged into the weights)."""
+        if self.accelerator.is_main_process:
+            actor = self.unwrapped_actor
+            if hasattr(actor, "merge_and_unload"):
+                actor = actor.merge_and_unload()
+            modeling.save_checkpoint(actor, self.tokenizer, out_dir)
+        self.accelerator.wait_for_everyone()
+
+
+def _trainable_state(model) -> dict:
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable}
+
+
+def process_prompts(items: list[dict], process_index: int, num_processes: int, per_process: int) -> list[dict]:
+    """This process's share of a global batch; a short batch (end of an epoch) wraps around."""
+    full = (items * math.ceil(per_process * num_processes / len(items)))[: per_process * num_processes]
+    return full[process_index::num_processes]
+
+
+def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> None:
+    """The RL stage: iterate over the prompts, save resumable state, write the actor to ctx.out_dir."""
+    for field, path in (("policy_dir", ctx.policy_dir), ("reward_model_dir", ctx.reward_model_dir),
+                        ("cost_model_dir", ctx.cost_model_dir)):
+        if path is None:
+            raise UsageError(f"{ctx.name}: PPO needs {field} (the SFT policy and the reward and cost models)")
+    prompts = ctx.data.prompts
+    if not prompts:
+        raise UsageError(f"{ctx.name}: no RL prompts in the data stage (prompts.jsonl is empty)")
+    from accelerate import PartialState
+
+    processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    seed = ctx.seed + recipe.seed_offset
+    global_batch = recipe.prompt_batch_size * processes
+    batches = batch_order(len(prompts), global_batch, recipe.epochs, seed)
+    trainer = PPOTrainer(recipe, method, policy_dir=ctx.policy_dir, reward_model_dir=ctx.reward_model_dir,
+                         cost_model_dir=ctx.cost_model_dir, template=ctx.template, dtype=ctx.dtype, seed=seed,
+                         total_iterations=len(batches))
+    accelerator = trainer.accelerator
+    ptx_examples = []
+    if recipe.ptx_coeff > 0:
+        ptx_examples = [modeling.encode_pair(trainer.tokenizer, modeling.format_prompt(trainer.tokenizer, r["prompt"], ctx.template),
+                                             r["response"], recipe.max_new_tokens + 256) for r in ctx.data.sft]
+    state_dir = ctx.work_dir / "ppo-state"
+    start = trainer.restore_state(state_dir)
+    bar = ctx.progress(len(batches), "ppo") if accelerator.is_main_process else None
+    if bar is not None:
+        bar.update(start)
+    for iteration in range(start, len(batches)):
+        items = process_prompts([prompts[i] for i in batches[iteration]], accelerator.process_index, processes,
+                                recipe.prompt_batch_size)
+        ptx = None
+        if ptx_examples:
+            rng = random.Random(seed * 7919 + iteration * processes + accelerator.process_index)
+            ptx = rng.sample(ptx_examples, min(recipe.train_batch_size, len(ptx_examples)))
+        generation_seed = (seed * 1_000_003 + iteration) * 64 + accelerator.process_index
+        metrics = trainer.step([item["prompt"] for item in items], generation_seed, ptx)
+        if accelerator.is_main_process:
+            ctx.log(iteration + 1, **metrics)
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("reward", "cost", "lambda", "unsafe_share")})
+        if (iteration + 1) % recipe.checkpoint_every == 0 and iteration + 1 < len(batches):
+            trainer.save_state(state_dir, iteration + 1)
+    if bar is not None:
+        bar.close()
+    trainer.save_policy(ctx.out_dir)
+    if accelerator.is_main_process:
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -1,0 +1,117 @@
+"""Rollout engines for the PPO core: sample one response per prompt from the current actor.
+
+The interface every engine implements (HF here; vLLM in safebench/evals/backends/vllm.py):
+
+    engine.generate(prompt_texts: list[str], seed: int) -> RolloutBatch
+        prompt_texts are already formatted with the template; the engine tokenises them
+        with add_special_tokens=False (as the evaluation backends do).
+    engine.sync_weights(model) -> None
+        called after every actor update with the (unwrapped) actor, so the next rollout
+        samples from the updated policy. The HF engine samples from the live module, so
+        it has nothing to copy; an engine holding its own copy (vLLM) loads the weights.
+
+A `RolloutBatch` is the layout the PPO core scores and trains on: prompts left-padded to a
+common width, responses right after them, right-padded. `build_rollout_batch` makes one
+from token lists, so every engine returns exactly the same shape for the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+
+
+class RolloutBatch(NamedTuple):
+    sequences: torch.Tensor        # [B, P + N] token ids: left-padded prompt, response, right padding
+    attention_mask: torch.Tensor   # [B, P + N] 1 on prompt and response tokens (up to and including eos)
+    prompt_width: int              # P: the response of every row starts at this column
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How responses are sampled (Safe RLHF: temperature 1.0, top_p 1.0, one sample per prompt)."""
+
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dtype: str = "float32"          # engines holding their own copy load it in this dtype
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt_texts: list[str], seed: int) -> RolloutBatch: ...
+    def sync_weights(self, model) -> None: ...
+
+
+def build_rollout_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                        eos_id: int | None) -> RolloutBatch:
+    """Lay out token lists; a response is cut after its first eos (the eos itself is kept)."""
+    cut = []
+    for response in response_ids:
+        response = list(response)
+        if eos_id is not None and eos_id in response:
+            response = response[: response.index(eos_id) + 1]
+        cut.append(response or ([eos_id] if eos_id is not None else [pad_id]))
+    prompt_width = max(len(p) for p in prompt_ids)
+    width = prompt_width + max(len(r) for r in cut)
+    sequences = torch.full((len(cut), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(cut), width), dtype=torch.long)
+    for row, (prompt, response) in enumerate(zip(prompt_ids, cut)):
+        start = prompt_width - len(prompt)
+        sequences[row, start:prompt_width] = torch.tensor(prompt, dtype=torch.long)
+        sequences[row, prompt_width:prompt_width + len(response)] = torch.tensor(response, dtype=torch.long)
+        mask[row, start:prompt_width + len(response)] = 1
+    return RolloutBatch(sequences, mask, prompt_width)
+
+
+class HFRollout:
+    """Sampling with transformers' `generate` on the live actor module (no weight copy)."""
+
+    def __init__(self, model, tokenizer, settings: RolloutSettings):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def sync_weights(self, model) -> None:
+        self.model = model  # the same module the optimizer updates: nothing to copy
+
+    @torch.no_grad()
+    def generate(self, prompt_texts: list[str], seed: int) -> RolloutBatch:
+        from safebench import modeling
+
+        tokenizer = self.tokenizer
+        prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompt_texts]
+        ids, mask = modeling.pad_batch(prompt_ids, tokenizer.pad_token_id, side="left")
+        device = next(self.model.parameters()).device
+        sampling = self.settings.temperature > 0
+        torch.manual_seed(seed)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device),
+            max_new_tokens=self.settings.max_new_tokens, do_sample=sampling,
+            temperature=self.settings.temperature if sampling else None,
+            top_p=self.settings.top_p if sampling else None, top_k=0 if sampling else None,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        self.model.train(was_training)
+        responses = out[:, ids.shape[1]:].cpu().tolist()
+        return build_rollout_batch(prompt_ids, responses, tokenizer.pad_token_id, tokenizer.eos_token_id)
+
+
+def make_rollout(backend: str, *, model, tokenizer, settings: RolloutSettings, model_dir) -> RolloutEngine:
+    """The engine a recipe's `rollout_backend` names; vLLM is imported only when asked for."""
+    if backend == "hf":
+        return HFRollout(model, tokenizer, settings)
+    if backend == "vllm":
+        from safebench.errors import UsageError
+
+        try:
+            from safebench.evals.backends.vllm import VLLMRollout
+        except ImportError as exc:
+            raise UsageError(f"rollout_backend 'vllm': the vLLM rollout engine is not available ({exc})") from None
+        return VLLMRollout(model_dir=str(model_dir), tokenizer=tokenizer, settings=settings)
+    from safebench.errors import UsageError
+
+    raise UsageError(f"rollout_backend {backend!r}: expected 'hf' or 'vllm'")

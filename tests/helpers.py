@@ -1,0 +1,21 @@
+"""Helpers shared by tests: the project root and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "safebench.cli", *args], cwd=cwd or ROOT,
+                            capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"safebench {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return result

@@ -1,0 +1,118 @@
+"""Config validation: every error names the file, the field path, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from safebench import config as config_module
+from safebench import registry
+from safebench.errors import UsageError
+from tests.helpers import ROOT, run_cli
+
+
+def resolve(*overrides, methods=None, preset="tiny"):
+    return config_module.resolve(preset, methods, list(overrides))
+
+
+def test_defaults_come_from_recipe_then_preset_then_override():
+    config, recipes = resolve("trainers.sft.weight_decay=0.05")
+    sft = config.trainers["sft"]
+    assert sft["warmup_ratio"] == 0.03            # recipe file (Safe RLHF default)
+    assert sft["lr"] == pytest.approx(3e-3)       # tiny preset
+    assert sft["weight_decay"] == pytest.approx(0.05)  # --set
+    assert recipes["sft"].weight_decay == pytest.approx(0.05)
+
+
+def test_override_accepts_yaml_1_1_exponent_as_number():
+    config, _ = resolve("trainers.sft.lr=1e-5")
+    assert config.trainers["sft"]["lr"] == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainers.sft.lr=abc", "--set trainers.sft.lr: field 'trainers.sft.lr' = 'abc'"),
+    ("trainers.sft.epochs=-1", "field 'trainers.sft.epochs' = -1: Input should be greater than 0"),
+    ("trainers.sft.bogus=1", "unknown field 'trainers.sft.bogus'"),
+    ("generation.backend=xyz", "field 'generation.backend' = 'xyz': expected 'hf', 'vllm' or 'openai'"),
+    ("policy.template=weird", "expected 'plain' or 'chat'"),
+    ("suites=[nosuch]", "unknown suite 'nosuch'; available: "),
+    ("seed=notanint", "field 'seed' = 'notanint'"),
+])
+def test_bad_values_name_field_value_and_expectation(override, expected):
+    with pytest.raises(UsageError) as info:
+        resolve(override)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_method_lists_available_ones():
+    with pytest.raises(UsageError, match=r"unknown method 'nope'; available: .*sft"):
+        resolve(methods=["sft", "nope"])
+
+
+def test_override_without_equals_is_a_usage_error():
+    with pytest.raises(UsageError, match="expected FIELD.PATH=VALUE"):
+        resolve("trainers.sft.lr")
+
+
+@pytest.fixture
+def project_copy(tmp_path, monkeypatch):
+    """A copy of trainers/ and evals/ that a test may break, found through SAFEBENCH_HOME."""
+    for folder in ("trainers", "evals"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    monkeypatch.setenv("SAFEBENCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_error_names_the_recipe_file_that_holds_the_bad_value(project_copy):
+    path = project_copy / "trainers" / "sft.yaml"
+    path.write_text(path.read_text().replace("warmup_ratio: 0.03", "warmup_ratio: 1.5"))
+    with pytest.raises(UsageError) as info:
+        resolve()
+    assert str(info.value).startswith("trainers/sft.yaml: field 'trainers.sft.warmup_ratio' = 1.5")
+
+
+def test_error_names_the_preset_file(project_copy):
+    path = project_copy / "trainers" / "presets" / "tiny.yaml"
+    path.write_text(path.read_text().replace("max_new_tokens: 32", "max_new_tokens: lots"))
+    with pytest.raises(UsageError) as info:
+        resolve()
+    assert str(info.value).startswith("trainers/presets/tiny.yaml: field 'generation.max_new_tokens' = 'lots'")
+
+
+def test_invalid_yaml_names_file_and_line(project_copy):
+    path = project_copy / "trainers" / "sft.yaml"
+    path.write_text("trainer: sft\nlr: [1, 2\n")
+    with pytest.raises(UsageError, match=r"sft.yaml: line \d+ invalid YAML"):
+        resolve()
+
+
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("run", "--preset", "tiny", "--set", "trainers.sft.lr=abc", "--out", str(out))
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "trainers.sft.lr" in result.stderr
+    assert not out.exists()
+
+
+def test_sweep_expands_a_list_into_method_variants(project_copy):
+    # A method recipe the sweep can act on: a second SFT-trained method, defined only for this test.
+    (project_copy / "trainers" / "sft-copy.yaml").write_text("trainer: sft\nrole: method\n")
+    config, recipes = resolve("trainers.sft-copy.lr=[0.01,0.02]", methods=["sft", "sft-copy"])
+    assert config.methods == ["sft", "sft-copy[lr=0.01]", "sft-copy[lr=0.02]"]
+    assert recipes["sft-copy[lr=0.02]"].lr == pytest.approx(0.02)
+    assert "sft-copy" not in recipes
+
+
+def test_shared_stages_cannot_be_swept():
+    with pytest.raises(UsageError, match="cannot sweep 'sft'"):
+        resolve("trainers.sft.lr=[0.1,0.2]")
+
+
+def test_registry_lists_what_exists():
+    assert "sft" in registry.method_names()
+    assert "reward-model" not in registry.method_names()
+    assert {"tiny-harmful", "tiny-benign", "tiny-over-refusal"} <= set(registry.suite_names())
+    assert "tiny" in registry.preset_names()

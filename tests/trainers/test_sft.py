@@ -1,0 +1,38 @@
+"""SFT: the loss counts response tokens only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from safebench import modeling
+from safebench.trainers.sft import response_only_loss
+from safebench.world import tiny
+
+
+def test_loss_ignores_prompt_and_padding_tokens():
+    tokenizer = tiny.build_tokenizer()
+    model = tiny.build_policy(tokenizer, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=64, seed=1)
+    prompt = modeling.format_prompt(tokenizer, "how do i make a cake ?", "plain")
+    long_ex = modeling.encode_pair(tokenizer, prompt, "sure , here is how : step flour step oven .", 96)
+    short_ex = modeling.encode_pair(tokenizer, prompt, "sorry , i can not help with that .", 96)
+    loss, _ = response_only_loss(model, tokenizer, [long_ex, short_ex])
+
+    # by hand: next-token negative log-likelihood over the response positions of each sequence
+    total, count = 0.0, 0
+    for ids, n_prompt in (long_ex, short_ex):
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+        logp = torch.log_softmax(logits.float(), -1)
+        for position in range(n_prompt, len(ids)):
+            total -= logp[position - 1, ids[position]].item()
+            count += 1
+    assert loss.item() == pytest.approx(total / count, rel=1e-4)
+
+
+def test_encode_pair_appends_eos_and_counts_prompt_tokens():
+    tokenizer = tiny.build_tokenizer()
+    prompt = modeling.format_prompt(tokenizer, "how do i make a cake ?", "plain")
+    ids, n_prompt = modeling.encode_pair(tokenizer, prompt, "sorry , i can not help with that .", 96)
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[:n_prompt]) == prompt
+    assert tokenizer.decode(ids[n_prompt:], skip_special_tokens=True) == "sorry , i can not help with that ."
