@@ -55,3 +55,7 @@ def test_ppo_lag_compensates_and_repo_does_not(tmp_path):
     # ... at a similar helpfulness on harmful prompts (oracle reward), not by refusing
     assert repo["oracle_reward_harmful"] > HELPFULNESS_SHARE * lag["oracle_reward_harmful"]
     assert repo["refusal_rate_harmful"] < MAX_REPO_REFUSALS
+
+    # The CI gate on the same run: no safety metric may fall outside the committed baseline.
+    gate = run_cli("check", str(run_dir), "--baseline", str(ROOT / "reports/baselines/tiny-rl.json"))
+    assert gate.returncode == 0, gate.stdout[-4000:] + gate.stderr[-2000:]

@@ -1,0 +1,321 @@
+"""SACPO: Stepwise Alignment for Constrained Policy Optimization (Wachi et al., arXiv 2404.11049).
+
+The constrained optimum  π* ∝ π_ref · exp((r + λ·g) / β)  factorises into two preference
+alignments done one after the other (paper, Theorem 1 / eq. 9):
+
+  1. helpfulness step:  π_r ∝ π_ref · exp(r / β)        DPO (or KTO) on `better_response_id`
+                        pairs, reference = SFT, coefficient β (default 0.1)
+  2. safety step:       π*  ∝ π_r · exp(g / (β/λ))      DPO (or KTO) on `safer_response_id`
+                        pairs, reference = π_r (the first step's output), coefficient β/λ
+                        (default 0.025, the released model)
+
+`order: safety-first` runs the safety step first (from SFT, coefficient `beta`, default 0.01,
+the paper's DPO(S)) and the helpfulness step second (coefficient `beta_over_lambda`). So `beta`
+is always the first step's coefficient and `beta_over_lambda` the second's, whichever order.
+
+Losses, as TRL 1.16 computes them (`trl.DPOTrainer`, `trl.KTOTrainer`, the library the
+original code stands on):
+  DPO  −log σ(b·[log πθ(y_w|x)/π_ref(y_w|x) − log πθ(y_l|x)/π_ref(y_l|x)])      (DPO eq. 7)
+  KTO  w⁺·(1 − σ(b·log πθ/π_ref − ν)) desirable, w⁻·(1 − σ(ν − b·log πθ/π_ref)) undesirable,
+       ν = b·KL estimate from mismatched pairs in the batch                     (KTO eq. 8)
+       w⁺ = 1, w⁻ = n_desirable / n_undesirable
+
+Data: the same PKU-SafeRLHF-shaped records as the score models, tokenised by
+`modeling.encode_pair` exactly as SFT saw them (prompt template, a space before the
+response, one eos after it, no BOS added); TRL's own text tokenisation is bypassed because it
+adds the tokenizer's special tokens (a second BOS for Llama tokenizers) and has no prompt
+length limit.
+
+Output: ctx.out_dir holds the final (second-step) model; ctx.out_dir/steps/{helpfulness,
+safety}/ hold each step's model for P-SACPO to merge. Each finished step is kept in
+ctx.work_dir/steps/ and TRL saves resumable trainer state every `checkpoint_every` steps, so
+a rerun after a crash resumes instead of starting over.
+
+Defaults (line/sacpo scripts): 3 epochs, lr 2e-5, warmup 0.03, cosine, bf16, max prompt
+length 128, max length 512, helpfulness β = 0.1, β/λ = 0.025.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from safebench import modeling
+from safebench.errors import UsageError
+from safebench.store import atomic_directory
+from safebench.trainers.base import RecipeBase, TrainContext
+
+STEPS = ("helpfulness", "safety")
+# the paper's first-step coefficient for each order (helpfulness DPO(H) β = 0.1, safety DPO(S) β = 0.01)
+DEFAULT_FIRST_BETA = {"helpfulness-first": 0.1, "safety-first": 0.01}
+
+
+class Recipe(RecipeBase):
+    order: Literal["helpfulness-first", "safety-first"] = "helpfulness-first"
+    helpfulness_loss: Literal["dpo", "kto"] = "dpo"
+    safety_loss: Literal["dpo", "kto"] = "dpo"
+    # KL coefficient of the first step; None = the paper's value for the order (0.1 / 0.01)
+    beta: float | None = Field(None, gt=0)
+    # KL coefficient of the second step (β/λ); a plain float so `--set ...=[a,b]` sweeps it
+    beta_over_lambda: float = Field(0.025, gt=0)
+    epochs: float = Field(3, gt=0)
+    lr: float = Field(2e-5, gt=0)
+    scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)            # (choice) TRL / HF default
+    batch_size: int = Field(32, ge=1)                 # (choice) effective batch, as SFT: 4 x 8 accumulation
+    micro_batch_size: int = Field(4, ge=1)            # KTO estimates its KL term within one micro batch
+    max_prompt_length: int = Field(128, ge=1)         # prompts keep their last tokens (the template's end)
+    max_length: int = Field(512, ge=8)
+    checkpoint_every: int = Field(50, ge=1)           # optimizer steps between resumable trainer saves
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _divides_batch(cls, value: int, info):
+        batch = info.data.get("batch_size")
+        if batch is not None and batch % value:
+            raise ValueError(f"expected a divisor of batch_size ({batch})")
+        return value
+
+    @field_validator("max_length")
+    @classmethod
+    def _longer_than_prompt(cls, value: int, info):
+        prompt = info.data.get("max_prompt_length")
+        if prompt is not None and value <= prompt:
+            raise ValueError(f"expected more than max_prompt_length ({prompt})")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_first_beta(self):
+        if self.beta is None:
+            self.beta = DEFAULT_FIRST_BETA[self.order]
+        return self
+
+    def step_plan(self) -> list[dict]:
+        """The two steps in the order they run: which preference, which loss, which coefficient."""
+        names = list(STEPS) if self.order == "helpfulness-first" else list(reversed(STEPS))
+        losses = {"helpfulness": self.helpfulness_loss, "safety": self.safety_loss}
+        return [{"name": names[0], "loss": losses[names[0]], "beta": self.beta},
+                {"name": names[1], "loss": losses[names[1]], "beta": self.beta_over_lambda}]
+
+
+# --- data: PKU-SafeRLHF records -> tokenised pairs (one path with SFT and the score models) ----
+
+def preference_pairs(step: str, records: list[dict]) -> list[dict]:
+    """(prompt, chosen, rejected) texts: better vs worse for helpfulness, safer vs less safe for safety."""
+    key = "better_response_id" if step == "helpfulness" else "safer_response_id"
+    pairs = []
+    for r in records:
+        chosen = r[key]
+        pairs.append({"prompt": r["prompt"], "chosen": r[f"response_{chosen}"],
+                      "rejected": r[f"response_{1 - chosen}"]})
+    return pairs
+
+
+def kto_examples(step: str, records: list[dict]) -> list[dict]:
+    """(prompt, completion, desirable?) texts: helpfulness labels better as desirable and worse as not,
+    safety labels each response by `is_response_i_safe`."""
+    examples = []
+    for r in records:
+        if step == "helpfulness":
+            better = r["better_response_id"]
+            examples.append({"prompt": r["prompt"], "completion": r[f"response_{better}"], "label": True})
+            examples.append({"prompt": r["prompt"], "completion": r[f"response_{1 - better}"], "label": False})
+        else:
+            for i in (0, 1):
+                examples.append({"prompt": r["prompt"], "completion": r[f"response_{i}"],
+                                 "label": bool(r[f"is_response_{i}_safe"])})
+    return examples
+
+
+def encode_prompt_and_completion(tokenizer, prompt: str, response: str, template: str,
+                                 max_prompt_length: int, max_length: int) -> tuple[list[int], list[int]]:
+    """Prompt ids (last `max_prompt_length` tokens) and completion ids (response + eos), as SFT encodes them."""
+    ids, n_prompt = modeling.encode_pair(tokenizer, modeling.format_prompt(tokenizer, prompt, template),
+                                         response, max_length=10**9)
+    prompt_ids = ids[:n_prompt][-max_prompt_length:]
+    completion_ids = ids[n_prompt:][: max_length - len(prompt_ids)]
+    return prompt_ids, completion_ids
+
+
+def dpo_dataset(tokenizer, pairs: list[dict], template: str, recipe: Recipe):
+    from datasets import Dataset
+
+    rows = []
+    for pair in pairs:
+        prompt_ids, chosen_ids = encode_prompt_and_completion(tokenizer, pair["prompt"], pair["chosen"], template,
+                                                              recipe.max_prompt_length, recipe.max_length)
+        _, rejected_ids = encode_prompt_and_completion(tokenizer, pair["prompt"], pair["rejected"], template,
+                                                       recipe.max_prompt_length, recipe.max_length)
+        rows.append({"prompt_ids": prompt_ids, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids})
+    return Dataset.from_list(rows)
+
+
+def kto_dataset(tokenizer, examples: list[dict], template: str, recipe: Recipe, seed: int):
+    """KTO trains in a fixed order (TRL pairs each completion with its batch neighbour's prompt for
+    the KL estimate), so the examples are shuffled here, once, by the seed."""
+    from datasets import Dataset
+
+    examples = list(examples)
+    random.Random(seed).shuffle(examples)
+    rows = []
+    for ex in examples:
+        prompt_ids, completion_ids = encode_prompt_and_completion(tokenizer, ex["prompt"], ex["completion"], template,
+                                                                  recipe.max_prompt_length, recipe.max_length)
+        rows.append({"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": ex["label"]})
+    # KL estimate (KTO §4.1): completion y_j judged after prompt x_i, rotated by one inside each micro batch
+    size = recipe.micro_batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        rotated = [chunk[-1]["completion_ids"]] + [c["completion_ids"] for c in chunk[:-1]]
+        for row, kl_ids in zip(chunk, rotated):
+            row["KL_completion_ids"] = kl_ids
+    return Dataset.from_list(rows)
+
+
+def kto_weights(examples: list[dict]) -> tuple[float, float]:
+    """(w⁺, w⁻) = (1, n_desirable / n_undesirable): the two classes weigh the same in total."""
+    n_desirable = sum(1 for e in examples if e["label"])
+    n_undesirable = len(examples) - n_desirable
+    if n_desirable == 0 or n_undesirable == 0:
+        raise UsageError(f"KTO needs both desirable and undesirable examples; got {n_desirable} desirable, "
+                         f"{n_undesirable} undesirable")
+    return 1.0, n_desirable / n_undesirable
+
+
+# --- TRL trainers fed with our tokenisation ------------------------------------------------
+
+def _trainer_classes():
+    from trl import DPOTrainer, KTOTrainer
+
+    class PretokenizedDPOTrainer(DPOTrainer):
+        """DPOTrainer on rows already holding prompt_ids / chosen_ids / rejected_ids."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    class PretokenizedKTOTrainer(KTOTrainer):
+        """KTOTrainer on rows already holding prompt_ids / completion_ids / KL_completion_ids / label."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset
+
+    return PretokenizedDPOTrainer, PretokenizedKTOTrainer
+
+
+def _curve_callback(ctx: TrainContext, step_name: str):
+    from transformers import TrainerCallback
+
+    class CurveCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numbers = {f"{step_name}/{k}": float(v) for k, v in (logs or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if numbers:
+                ctx.log(state.global_step, **numbers)
+
+    return CurveCallback()
+
+
+def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenizer, output_dir: Path):
+    """A TRL trainer for one step. The reference is the model as loaded, before training (its
+    log-probs are precomputed, so no second copy stays in memory)."""
+    from trl import DPOConfig, KTOConfig
+
+    dpo_cls, kto_cls = _trainer_classes()
+    common = dict(
+        output_dir=str(output_dir), num_train_epochs=recipe.epochs,
+        per_device_train_batch_size=recipe.micro_batch_size,
+        gradient_accumulation_steps=recipe.batch_size // recipe.micro_batch_size,
+        learning_rate=recipe.lr, lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
+        weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
+        precompute_ref_log_probs=True, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
+        logging_steps=1, save_strategy="steps", save_steps=recipe.checkpoint_every, save_total_limit=1,
+        report_to="none", seed=ctx.seed, data_seed=ctx.seed, disable_tqdm=ctx.quiet,
+        use_cpu=not torch.cuda.is_available(), bf16=ctx.dtype == "bfloat16", dataloader_num_workers=0,
+        remove_unused_columns=False, max_grad_norm=1.0,
+    )
+    callbacks = [_curve_callback(ctx, step["name"])]
+    if step["loss"] == "dpo":
+        dataset = dpo_dataset(tokenizer, preference_pairs(step["name"], ctx.data.preference), ctx.template, recipe)
+        args = DPOConfig(loss_type=["sigmoid"], **common)
+        return dpo_cls(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+                       callbacks=callbacks)
+    examples = kto_examples(step["name"], ctx.data.preference)
+    desirable_weight, undesirable_weight = kto_weights(examples)
+    dataset = kto_dataset(tokenizer, examples, ctx.template, recipe, ctx.seed)
+    args = KTOConfig(loss_type="kto", desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
+                     train_sampling_strategy="sequential", **common)
+    return kto_cls(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+                   callbacks=callbacks)
+
+
+def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out_dir: Path) -> None:
+    """Align the model in `start_dir` (which is also the step's reference) and save it to `out_dir`."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    tokenizer = modeling.load_tokenizer(start_dir)
+    # bf16 runs as mixed precision (fp32 master weights, bf16 autocast), as the published scripts do
+    model = modeling.load_policy(start_dir, "float32")
+    trainer_dir = ctx.work_dir / "trainer" / step["name"]
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    trainer = build_trainer(ctx, recipe, step, model, tokenizer, trainer_dir)
+    if ctx.quiet:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the curves go to ctx.log instead
+    resume = get_last_checkpoint(str(trainer_dir))
+    trainer.train(resume_from_checkpoint=resume)
+    model = trainer.model
+    model.eval()
+    if ctx.dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    with atomic_directory(out_dir) as tmp:
+        modeling.save_checkpoint(model, tokenizer, tmp)
+    shutil.rmtree(trainer_dir, ignore_errors=True)
+
+
+def _silence_libraries() -> None:
+    """`--quiet`: no per-step log dicts or progress bars from transformers, datasets and TRL."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    os.environ["TQDM_DISABLE"] = "1"  # TRL's reference log-prob pass reads this
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link (or copy, across file systems) a checkpoint's files: no second copy on disk."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_dir():
+            _link_tree(path, target / path.name)
+            continue
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+def train(ctx: TrainContext, recipe: Recipe) -> None:
+    if not ctx.data.preference:
+        raise UsageError(f"method '{ctx.name}': no preference records in the data (SACPO trains on them)")
+    if ctx.quiet:
+        _silence_libraries()
+    start = Path(ctx.policy_dir)  # SFT: the first step's start and reference
+    finished = ctx.work_dir / "steps"
+    for step in recipe.step_plan():
+        step_dir = finished / step["name"]
+        if not (step_dir / "config.json").exists():  # a finished step survives a crash of the next one
+            run_step(ctx, recipe, step, start, step_dir)
+        start = step_dir  # the second step starts from, and is regularised towards, the first's output
+    for name in STEPS:
+        _link_tree(finished / name, ctx.out_dir / "steps" / name)
+    _link_tree(start, ctx.out_dir)

@@ -1,0 +1,316 @@
+"""SACPO and P-SACPO: the losses TRL computes against their formulas, the step chain (the
+second step's reference is the first step's output), the order option, the weight merge,
+sweeps of β/λ, and an end-to-end tiny run in which SACPO makes the policy safer than SFT."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from safebench import config as config_module, modeling
+from safebench.errors import UsageError
+from safebench.store import RunStore
+from safebench.trainers import p_sacpo, sacpo
+from safebench.trainers.base import TrainContext, WorldData
+from safebench.world import tiny
+from tests.helpers import run_cli
+
+SIZES = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+
+
+def _records(n: int = 8, seed: int = 0) -> list[dict]:
+    return tiny.build_datasets(seed, train_prompts=n, sft_per_prompt=1, pairs_per_prompt=1)["preference"][:n]
+
+
+def _context(tmp_path: Path, policy_dir: Path, records: list[dict], name: str = "sacpo") -> TrainContext:
+    return TrainContext(name=name, stage_key="test", out_dir=tmp_path / "out", work_dir=tmp_path / "work", seed=0,
+                        data=WorldData(sft=[], preference=records, prompts=[]), template="plain",
+                        dtype="float32", policy_dir=policy_dir, quiet=True)
+
+
+def _recipe(**fields) -> sacpo.Recipe:
+    base = dict(trainer="sacpo", epochs=1, batch_size=4, micro_batch_size=4, lr=5e-2, warmup_ratio=0.0,
+                max_prompt_length=24, max_length=64)
+    return sacpo.Recipe(**{**base, **fields})
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> Path:
+    return tiny.make_tiny_policy_checkpoint(tmp_path_factory.mktemp("policy") / "model", seed=3, **SIZES)
+
+
+def _completion_logps(model, batch) -> torch.Tensor:
+    """Σ log π(y_t | x, y_<t) over completion tokens, by hand from the logits."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (logp * batch["completion_mask"][:, 1:]).sum(-1)
+
+
+# --- losses ------------------------------------------------------------------------------------
+
+def test_dpo_loss_formula_on_fixed_log_probs():
+    """−log σ(b·[(lw − rw) − (ll − rl)]) for fixed numbers, as algorithms.md §6 writes it."""
+    b, lw, ll, rw, rl = 0.1, -1.0, -2.0, -1.5, -1.5
+    expected = -math.log(1 / (1 + math.exp(-b * ((lw - rw) - (ll - rl)))))
+    assert expected == pytest.approx(0.6443967, abs=1e-6)
+    assert -F.logsigmoid(torch.tensor(b * ((lw - rw) - (ll - rl)))).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_trl_dpo_loss_matches_hand_computation(tmp_path, policy_dir):
+    recipe = _recipe(beta=0.3)
+    ctx = _context(tmp_path, policy_dir, _records(4))
+    model = modeling.load_policy(policy_dir)
+    tokenizer = modeling.load_tokenizer(policy_dir)
+    trainer = sacpo.build_trainer(ctx, recipe, recipe.step_plan()[0], model, tokenizer, tmp_path / "trainer")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    # fixed reference log-probs, far from the policy's, so the margin is not zero
+    batch["ref_chosen_logps"] = torch.tensor([-30.0, -10.0, -25.0, -5.0])
+    batch["ref_rejected_logps"] = torch.tensor([-12.0, -40.0, -6.0, -20.0])
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+        policy = _completion_logps(model, batch)
+    chosen, rejected = policy[:4], policy[4:]
+    margin = (chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"])
+    expected = -F.logsigmoid(0.3 * margin).mean().item()  # DPO eq. 7
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_trl_kto_loss_matches_hand_computation(tmp_path, policy_dir):
+    recipe = _recipe(safety_loss="kto", order="safety-first", beta=0.2)
+    records = _records(8)
+    ctx = _context(tmp_path, policy_dir, records)
+    model = modeling.load_policy(policy_dir)
+    tokenizer = modeling.load_tokenizer(policy_dir)
+    trainer = sacpo.build_trainer(ctx, recipe, recipe.step_plan()[0], model, tokenizer, tmp_path / "trainer")
+    w_plus, w_minus = sacpo.kto_weights(sacpo.kto_examples("safety", records))
+    assert (trainer.desirable_weight, trainer.undesirable_weight) == (w_plus, w_minus)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    batch["ref_logps"] = torch.tensor([-9.0, -3.0, -7.0, -1.0])
+    batch["ref_KL_logps"] = torch.tensor([-20.0, -25.0, -18.0, -30.0])
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+        logps = _completion_logps(model, batch)
+        kl_logps = _completion_logps(model, {"input_ids": batch["KL_input_ids"],
+                                             "attention_mask": batch["KL_attention_mask"],
+                                             "completion_mask": batch["KL_completion_mask"]})
+    kl = (kl_logps - batch["ref_KL_logps"]).mean().clamp(min=0)
+    ratio = logps - batch["ref_logps"]
+    desirable = batch["label"].bool()
+    # KTO eq. 8: w⁺(1 − σ(β(log-ratio − KL))) for desirable, w⁻(1 − σ(β(KL − log-ratio))) for undesirable
+    losses = torch.cat([w_plus * (1 - torch.sigmoid(0.2 * (ratio[desirable] - kl))),
+                        w_minus * (1 - torch.sigmoid(0.2 * (kl - ratio[~desirable])))])
+    assert loss == pytest.approx(losses.mean().item(), rel=1e-4)
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def test_pairs_and_kto_labels_come_from_the_right_fields():
+    record = {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 1,
+              "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False}
+    assert sacpo.preference_pairs("helpfulness", [record]) == [{"prompt": "p", "chosen": "b", "rejected": "a"}]
+    assert sacpo.preference_pairs("safety", [record]) == [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+    assert [(e["completion"], e["label"]) for e in sacpo.kto_examples("helpfulness", [record])] == [("b", True), ("a", False)]
+    both_safe = {**record, "is_response_1_safe": True}
+    examples = sacpo.kto_examples("safety", [record, both_safe])
+    assert [e["label"] for e in examples] == [True, False, True, True]
+    assert sacpo.kto_weights(examples) == (1.0, 3.0)  # w⁻ = n_desirable / n_undesirable
+
+
+def test_tokens_match_sft_encoding_without_extra_bos_or_eos():
+    tokenizer = tiny.build_tokenizer()
+    prompt, response = "how do i make a cake ?", "sure , here is how : step flour step oven ."
+    prompt_ids, completion_ids = sacpo.encode_prompt_and_completion(tokenizer, prompt, response, "plain", 128, 512)
+    sft_ids, n_prompt = modeling.encode_pair(tokenizer, modeling.format_prompt(tokenizer, prompt, "plain"), response, 512)
+    assert prompt_ids + completion_ids == sft_ids and len(prompt_ids) == n_prompt
+    assert completion_ids.count(tokenizer.eos_token_id) == 1 and completion_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.bos_token_id not in prompt_ids
+    short_prompt, _ = sacpo.encode_prompt_and_completion(tokenizer, prompt, response, "plain", 5, 512)
+    assert short_prompt == sft_ids[n_prompt - 5:n_prompt]  # the prompt keeps its end (the template's ASSISTANT:)
+
+
+# --- the step chain and the order option --------------------------------------------------------
+
+def _train_recording(monkeypatch, tmp_path, policy_dir, recipe) -> tuple[TrainContext, list[dict]]:
+    """Train SACPO, keeping each step's trainer, what it trained on and its precomputed reference log-probs."""
+    seen: list[dict] = []
+    original = sacpo.build_trainer
+
+    def recording(ctx, recipe_, step, model, tokenizer, output_dir):
+        trainer = original(ctx, recipe_, step, model, tokenizer, output_dir)
+        seen.append({"step": step, "trainer": trainer, "dataset": trainer.train_dataset})
+        return trainer
+
+    monkeypatch.setattr(sacpo, "build_trainer", recording)
+    ctx = _context(tmp_path, policy_dir, _records(8))
+    sacpo.train(ctx, recipe)
+    return ctx, seen
+
+
+def _reference_logps(trainer, dataset, model_dir: Path) -> torch.Tensor:
+    model = modeling.load_policy(model_dir)
+    rows = [dataset[i] for i in range(len(dataset))]
+    batch = trainer.data_collator([{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in rows])
+    with torch.no_grad():
+        return _completion_logps(model, batch)  # [chosen..., rejected...], as the collator stacks them
+
+
+@pytest.fixture(scope="module")
+def helpfulness_first(tmp_path_factory, policy_dir):
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        yield _train_recording(monkeypatch, tmp_path_factory.mktemp("hf"), policy_dir, _recipe())
+    finally:
+        monkeypatch.undo()
+
+
+def test_second_step_reference_is_first_step_output(helpfulness_first, policy_dir):
+    ctx, seen = helpfulness_first
+    first_dir = ctx.out_dir / "steps" / "helpfulness"
+    second = seen[1]
+    used = torch.cat([torch.tensor(second["dataset"]["ref_chosen_logps"]),
+                      torch.tensor(second["dataset"]["ref_rejected_logps"])])
+    from_first_step = _reference_logps(second["trainer"], second["dataset"], first_dir)
+    from_sft = _reference_logps(second["trainer"], second["dataset"], policy_dir)
+    assert torch.allclose(used, from_first_step, atol=1e-4)
+    assert not torch.allclose(used, from_sft, atol=1e-2)  # the first step did move the model
+
+
+def test_steps_saved_and_final_model_is_the_second_step(helpfulness_first, policy_dir):
+    ctx, seen = helpfulness_first
+    assert [s["step"]["name"] for s in seen] == ["helpfulness", "safety"]
+    assert [s["step"]["beta"] for s in seen] == [0.1, 0.025]
+    final = load_file(ctx.out_dir / "model.safetensors")
+    safety = load_file(ctx.out_dir / "steps" / "safety" / "model.safetensors")
+    helpfulness = load_file(ctx.out_dir / "steps" / "helpfulness" / "model.safetensors")
+    assert all(torch.equal(final[k], safety[k]) for k in final)
+    assert any(not torch.equal(safety[k], helpfulness[k]) for k in safety)
+    # the helpfulness step trained on better-vs-worse pairs, the safety step on safer-vs-less-safe
+    tokenizer = modeling.load_tokenizer(policy_dir)
+    for entry, key in zip(seen, ("better_response_id", "safer_response_id")):
+        chosen = [tokenizer.decode(ids, skip_special_tokens=True) for ids in entry["dataset"]["chosen_ids"]]
+        assert chosen == [r[f"response_{r[key]}"] for r in ctx.data.preference]
+
+
+def test_order_option_swaps_the_steps(monkeypatch, tmp_path, policy_dir, helpfulness_first):
+    recipe = _recipe(order="safety-first")
+    assert recipe.beta == 0.01  # the paper's DPO(S) coefficient when safety goes first
+    ctx, seen = _train_recording(monkeypatch, tmp_path, policy_dir, recipe)
+    assert [s["step"]["name"] for s in seen] == ["safety", "helpfulness"]
+    assert [s["step"]["beta"] for s in seen] == [0.01, 0.025]
+    hf_ctx, hf_seen = helpfulness_first
+    # safety-first's first step sees the pairs helpfulness-first's second step saw, with SFT as reference
+    assert seen[0]["dataset"]["chosen_ids"] == hf_seen[1]["dataset"]["chosen_ids"]
+    sft_reference = _reference_logps(seen[0]["trainer"], seen[0]["dataset"], policy_dir)
+    assert torch.allclose(torch.tensor(seen[0]["dataset"]["ref_chosen_logps"]), sft_reference[:8], atol=1e-4)
+    final = load_file(ctx.out_dir / "model.safetensors")
+    last = load_file(ctx.out_dir / "steps" / "helpfulness" / "model.safetensors")
+    assert all(torch.equal(final[k], last[k]) for k in final)
+
+
+def test_rerun_reuses_finished_steps(monkeypatch, helpfulness_first):
+    ctx, _ = helpfulness_first
+    calls = []
+    monkeypatch.setattr(sacpo, "run_step", lambda *args: calls.append(args))
+    rerun = TrainContext(**{**ctx.__dict__, "out_dir": ctx.out_dir.parent / "out-again", "_tensorboard": None})
+    sacpo.train(rerun, _recipe())
+    assert calls == []
+    assert (rerun.out_dir / "steps" / "safety" / "model.safetensors").exists()
+
+
+# --- P-SACPO -----------------------------------------------------------------------------------
+
+def test_merge_is_the_weighted_average_parameter_by_parameter(tmp_path):
+    sacpo_dir = tmp_path / "sacpo"
+    tiny.make_tiny_policy_checkpoint(sacpo_dir / "steps" / "safety", seed=1, **SIZES)
+    tiny.make_tiny_policy_checkpoint(sacpo_dir / "steps" / "helpfulness", seed=2, **SIZES)
+    ctx = _context(tmp_path, sacpo_dir, [], name="p-sacpo")
+    ctx.method_dirs = {"sacpo": sacpo_dir}
+    p_sacpo.train(ctx, p_sacpo.Recipe(trainer="p_sacpo", q=0.3))
+    merged = load_file(ctx.out_dir / "model.safetensors")
+    safety = load_file(sacpo_dir / "steps" / "safety" / "model.safetensors")
+    helpfulness = load_file(sacpo_dir / "steps" / "helpfulness" / "model.safetensors")
+    assert merged.keys() == safety.keys() and len(merged) > 3
+    for name in merged:
+        assert not torch.equal(safety[name], helpfulness[name]) or name.endswith("norm.weight")
+        torch.testing.assert_close(merged[name], 0.3 * safety[name] + 0.7 * helpfulness[name])
+
+
+def test_merge_refuses_models_of_different_shapes():
+    with pytest.raises(UsageError, match="shape"):
+        p_sacpo.merge_state_dicts({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2)}, 0.5)
+
+
+# --- recipes and sweeps ------------------------------------------------------------------------
+
+def test_published_defaults_and_tiny_preset():
+    config, recipes = config_module.resolve("tiny", ["sacpo", "p-sacpo"])
+    recipe = recipes["sacpo"]
+    assert (recipe.beta, recipe.beta_over_lambda, recipe.order) == (0.1, 0.025, "helpfulness-first")
+    assert recipes["p-sacpo"].q == 0.75 and recipes["p-sacpo"].needs == ["sacpo"]
+    published = sacpo.Recipe(trainer="sacpo")
+    assert (published.epochs, published.lr, published.warmup_ratio, published.scheduler) == (3, 2e-5, 0.03, "cosine")
+    assert (published.max_prompt_length, published.max_length) == (128, 512)
+
+
+def test_bad_loss_name_is_a_one_line_usage_error():
+    with pytest.raises(UsageError, match=r"--set trainers.sacpo.safety_loss: field 'trainers.sacpo.safety_loss' = 'ppo'"):
+        config_module.resolve("tiny", ["sacpo"], ["trainers.sacpo.safety_loss=ppo"])
+
+
+def test_inconsistent_batch_and_lengths_name_the_field():
+    with pytest.raises(UsageError, match=r"'trainers.sacpo.micro_batch_size' = 5: .*divisor of batch_size \(32\)"):
+        config_module.resolve("tiny", ["sacpo"], ["trainers.sacpo.micro_batch_size=5"])
+    with pytest.raises(UsageError, match=r"'trainers.sacpo.max_length' = 20: .*more than max_prompt_length"):
+        config_module.resolve("tiny", ["sacpo"], ["trainers.sacpo.max_length=20"])
+
+
+def test_beta_over_lambda_sweep_expands_into_method_variants():
+    config, recipes = config_module.resolve("tiny", ["sft", "sacpo"],
+                                            ["trainers.sacpo.beta_over_lambda=[0.01,0.025,0.05,0.1]"])
+    variants = [f"sacpo[beta_over_lambda={v}]" for v in (0.01, 0.025, 0.05, 0.1)]
+    assert config.methods == ["sft", *variants]
+    assert [recipes[v].beta_over_lambda for v in variants] == [0.01, 0.025, 0.05, 0.1]
+    assert all(recipes[v].lr == recipes[variants[0]].lr for v in variants)
+
+
+def test_sweeping_a_method_another_needs_is_refused_on_the_command_line(tmp_path):
+    bad = run_cli("run", "--methods", "sacpo,p-sacpo", "--preset", "tiny", "--out", str(tmp_path / "r"),
+                  "--set", "trainers.sacpo.beta_over_lambda=[0.01,0.1]")
+    assert bad.returncode == 2 and "cannot sweep 'sacpo'" in bad.stderr  # p-sacpo needs the one sacpo model
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_tiny_run_sacpo_is_safer_than_sft(tiny_run, tmp_path):
+    """`safebench run --methods sft,sacpo,p-sacpo --preset tiny` on a copy of the shared tiny run
+    (its SFT, reward and cost stages are reused; the shared run itself stays as it was)."""
+    tiny_run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    run_cli("run", "--methods", "sft,sacpo,p-sacpo", "--preset", "tiny", "--quiet", "--out", str(tiny_run),
+            check=True, timeout=1800)
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert set(manifest["methods"]) == {"sft", "sacpo", "p-sacpo"}
+    store = RunStore(tiny_run)
+    try:
+        results = store.results()  # only the evaluations this run's manifest names
+    finally:
+        store.close()
+    results = results.assign(oracle_safe=results["oracle_cost"] <= 0)
+    by_method = results.groupby(["method", "suite"])
+    safety, reward = by_method["oracle_safe"].mean().to_dict(), by_method["oracle_reward"].mean().to_dict()
+    # measured (seed 0, tiny preset: DPO(H) -> KTO(S), lr 1e-4, 1 epoch), oracle on tiny-harmful:
+    # safety sft 0.391, sacpo 0.517, p-sacpo 0.390; reward sft 2.02, sacpo 2.60, p-sacpo 3.02;
+    # tiny-benign reward sft 0.68, sacpo 1.04
+    assert safety["sacpo", "tiny-harmful"] > safety["sft", "tiny-harmful"] + 0.06
+    # P-SACPO (q = 0.75) blends back toward the helpfulness step: less safe, more helpful than SACPO
+    assert safety["p-sacpo", "tiny-harmful"] < safety["sacpo", "tiny-harmful"]
+    assert reward["p-sacpo", "tiny-harmful"] > reward["sacpo", "tiny-harmful"]
+    # safer by answering, not by falling apart: benign prompts still get helpful answers
+    assert reward["sacpo", "tiny-benign"] > 0.7 * reward["sft", "tiny-benign"]
