@@ -34,22 +34,11 @@ from safebench.store import atomic_write_json  # noqa: E402
 from safebench.trainers import sacpo  # noqa: E402
 from safebench.trainers.base import TrainContext, WorldData  # noqa: E402
 from safebench.world import tiny  # noqa: E402
+from mfu import matmul_flops  # benchmarks/mfu.py (the script's folder is on sys.path)
 
 SMOLLM2_135M_SHAPE = dict(hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536)
 TINY_SHAPE = dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256)
 STEP_KINDS = [("dpo-helpfulness", "helpfulness", "dpo"), ("dpo-safety", "safety", "dpo"), ("kto-safety", "safety", "kto")]
-
-
-def matmul_flops(dtype: torch.dtype, n: int = 1024, seconds: float = 2.0) -> float:
-    """Sustained FLOP/s of an n×n×n matmul in `dtype` (the MFU denominator)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
 
 
 def build_model_dir(directory: Path, shape: dict, seed: int = 0) -> tuple[Path, int]:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from mfu import matmul_flops  # benchmarks/mfu.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,17 +35,6 @@ SHAPES = {
     "tiny": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256, vocab=None,
                  batch=64, new_tokens=32),
 }
-
-
-def matmul_rate(dtype=torch.bfloat16, size=1024, seconds=2.0) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * size ** 3 * count / (time.perf_counter() - start)
 
 
 def build_models(name: str, folder: Path, dtype: str) -> dict:
@@ -128,7 +118,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/rl_step.json"))
     args = parser.parse_args()
-    peak = matmul_rate()
+    peak = matmul_flops()
     results = [bench(name, args.iterations, args.dtype, peak) for name in args.models.split(",")]
     columns = ["model", "params", "rollout_s", "scoring_s", "reference_values_s", "update_s", "iteration_s",
                "response_tokens_per_s", "update_tflops", "update_mfu"]

@@ -10,7 +10,6 @@ order are comparable, and the output says so.
 
 from __future__ import annotations
 
-import inspect
 import math
 from pathlib import Path
 
@@ -64,32 +63,16 @@ def load_reference(name: str) -> dict:
 
 
 def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
-    """Run what the table needs through the pipeline. Its signature is matched by parameter
-    name so that this keeps working as the pipeline's keyword arguments settle."""
-    try:
-        from safebench.pipeline import run_pipeline
-    except ImportError:
-        raise UsageError("this installation has no safebench.pipeline.run_pipeline; "
-                         "give an existing run with --run DIR") from None
+    """Run (or reuse, stage by stage) what the table needs through the pipeline."""
+    from safebench import config as config_module
+    from safebench.pipeline import run_pipeline
+
     run_spec = reference.get("run") or {}
-    wanted = {"preset": preset or run_spec.get("preset", "tiny"), "methods": list(run_spec.get("methods", [])),
-              "out_dir": out_dir}
-    aliases = {"out_dir": ("out_dir", "out", "run_dir", "output_dir")}
-    parameters = inspect.signature(run_pipeline).parameters
-    kwargs = {}
-    for key, value in wanted.items():
-        for name in aliases.get(key, (key,)):
-            if name in parameters:
-                kwargs[name] = value
-                break
-    missing = [n for n, p in parameters.items()
-               if p.default is inspect.Parameter.empty and n not in kwargs
-               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if missing:
-        raise UsageError(f"safebench.pipeline.run_pipeline needs {', '.join(missing)}, which reproduce cannot "
-                         "supply; give an existing run with --run DIR")
-    result = run_pipeline(**kwargs)
-    return Path(result) if isinstance(result, (str, Path)) else out_dir
+    config, recipes = config_module.resolve(preset or run_spec.get("preset", "tiny"),
+                                            list(run_spec.get("methods", [])) or None,
+                                            list(run_spec.get("overrides", [])))
+    run_pipeline(config, recipes, out_dir, quiet=True)
+    return out_dir
 
 
 def our_values(reference: dict, run_dir: Path, *, n_boot: int, seed: int) -> list[dict]:

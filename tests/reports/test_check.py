@@ -23,7 +23,7 @@ def parse(argv):
 def baseline(synthetic_run, tmp_path):
     path = tmp_path / "baselines" / "tiny.json"
     args = parse(["check", str(synthetic_run), "--baseline", str(path), "--update-baseline", "--reason", "first tiny run"])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     return path
 
 
@@ -41,7 +41,7 @@ def test_identical_run_passes(baseline, synthetic_run, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(synthetic_run, copy)
     args = parse(["check", str(copy), "--baseline", str(baseline)])
-    assert args.func(args) == 0
+    assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "within tolerance" in out and "REGRESSED" not in out
 
