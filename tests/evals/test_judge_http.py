@@ -272,3 +272,38 @@ def test_structured_output_and_validation_against_human_labels(tmp_path, proxy, 
     from safebench.errors import UsageError
     with pytest.raises(UsageError, match="nope.whl"):
         bad.handler(bad)
+
+
+@pytest.mark.slow
+def test_safebench_run_with_a_judge_reports_every_verdict(tmp_path, vllm_server):
+    """`safebench run` with a judge block: every sample judged once, unparseable answers
+    counted as unscored in the report, and a rerun reuses the finished judge stage."""
+    from tests.helpers import run_cli
+
+    out = tmp_path / "run"
+    args = ["run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(out),
+            "--set", "data.train_prompts=60", "--set", "trainers.sft.epochs=1",
+            "--set", "trainers.reward-model.epochs=1", "--set", "trainers.cost-model.epochs=1",
+            "--set", "generation.k=1", "--set", "suites=[tiny-over-refusal]",
+            "--set", f"judge.base_url={vllm_server}/v1", "--set", f"judge.model={MODEL_NAME}",
+            "--set", "judge.protocols=[harmful_verdict]", "--set", "judge.repeats=1",
+            "--set", "judge.max_tokens=12", "--set", "judge.structured_output=none",
+            "--set", f"judge.cache_path={tmp_path / 'cache.sqlite'}"]
+    first = run_cli(*args, check=True)
+    assert "[run ] judge" in first.stderr
+    db = sqlite3.connect(out / "results.sqlite")
+    n_samples = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    statuses = dict(db.execute("SELECT status, COUNT(*) FROM judge_judgments GROUP BY status").fetchall())
+    assert sum(statuses.values()) == n_samples > 0
+    assert set(statuses) <= {"scored", "unparsed"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["judge"]["complete"]
+    unscored = statuses.get("unparsed", 0)
+    report = (out / "report.md").read_text()
+    judge_lines = [line for line in report.splitlines() if line.startswith("| sft | harm |")]
+    assert judge_lines, report[-2000:]
+    cells = [c.strip() for c in judge_lines[0].strip("|").split("|")]
+    assert cells[2:4] == [str(n_samples), str(unscored)]   # verdicts, unscored: none turned into a score
+
+    again = run_cli(*args, check=True)
+    assert "[skip] judge" in again.stderr

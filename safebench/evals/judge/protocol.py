@@ -45,3 +45,15 @@ def json_schema_format(name: str, properties: dict) -> dict:
 def choice_format(options: list[str]) -> dict:
     """vLLM's `structured_outputs` extra: the answer is exactly one of the options."""
     return {"extra_body": {"structured_outputs": {"choice": list(options)}}}
+
+
+def scored_by_method_and_suite(rows: list[dict]):
+    """(method, suite, rows of that group, its scored rows), in a stable order: what every
+    pointwise protocol summarises; unscored rows are counted by the caller, never scored."""
+    from collections import defaultdict
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["method"], row["suite"])].append(row)
+    for (method, suite), group in sorted(groups.items()):
+        yield method, suite, group, [r for r in group if r["status"] == "scored"]

@@ -7,10 +7,9 @@ scores come from labelled lines or JSON, and a failure stays unscored with its r
 from __future__ import annotations
 
 import statistics
-from collections import defaultdict
 
 from safebench.evals.judge.parsing import parse_scores
-from safebench.evals.judge.protocol import JudgeRequest, json_schema_format
+from safebench.evals.judge.protocol import JudgeRequest, json_schema_format, scored_by_method_and_suite
 from safebench.evals.judge.templates import load_template
 
 NAME = "safe_rlhf_score"
@@ -48,12 +47,8 @@ def requests_for(evaluation: dict, samples: list[dict], repeats: int, mode: str)
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[(row["method"], row["suite"])].append(row)
     metrics = []
-    for (method, suite), group in sorted(groups.items()):
-        scored = [r for r in group if r["status"] == "scored"]
+    for method, suite, group, scored in scored_by_method_and_suite(rows):
         entry = {"protocol": NAME, "method": method, "suite": suite, "criterion": "both",
                  "n_scored": len(scored), "n_unscored": len(group) - len(scored)}
         for name in CRITERIA:
