@@ -1,6 +1,6 @@
 """Judge throughput against a local OpenAI-compatible server, and a fully cached rerun.
 
-    python benchmarks/judge.py --base-url http://127.0.0.1:8000/v1 --model NAME [--n 64] [--out judge.json]
+    python benchmarks/judge.py --base-url http://127.0.0.1:8000/v1 --model NAME [--n 64] [--out benchmarks/results/judge.json]
 
 Measures judgments/s at concurrency 1, 8 and 32 (fresh cache each, harmful_verdict
 protocol, structured output off), then replays 1,000 judgments from a warm cache through
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=64, help="judgments per concurrency level")
     parser.add_argument("--cached-n", type=int, default=1000)
     parser.add_argument("--max-tokens", type=int, default=12)
-    parser.add_argument("--out", default="benchmarks/judge.json")
+    parser.add_argument("--out", default="benchmarks/results/judge.json")
     args = parser.parse_args(argv)
     results = {"base_url": args.base_url, "model": args.model, "python": sys.version.split()[0],
                "machine": platform.machine(), "levels": []}
