@@ -14,9 +14,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from safebench import metrics
+from safebench import metrics, registry
 from safebench.errors import UsageError
 from safebench.reports.runs import REPORTS_ROOT, load_run
 from safebench.store import atomic_write_text
@@ -35,12 +34,7 @@ def load_reference(name: str) -> dict:
     path = REFERENCE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise UsageError(f"unknown reference table '{name}'; available: {', '.join(available()) or 'none'}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping at the top level")
+    data = registry.load_yaml(path)  # one-line errors for bad YAML or a non-mapping top level
     metric = data.get("metric")
     if metric not in SUMMARY_METRICS + JUDGE_METRICS:
         raise UsageError(f"{path}: field 'metric' = {metric!r}, expected one of "

@@ -85,26 +85,24 @@ def _missing(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def fmt_rate(row, name: str) -> str:
+def _fmt_with_interval(row, name: str, show) -> str:
+    """The value and, when both bounds are there, its [low, high] interval, each through `show`."""
     value = row.get(name)
     if _missing(value):
         return "n/a"
     low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-    text = f"{100 * value:.1f} %"
+    text = show(value)
     if not _missing(low) and not _missing(high):
-        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+        text += f" [{show(low).removesuffix(' %')}, {show(high).removesuffix(' %')}]"
     return text
+
+
+def fmt_rate(row, name: str) -> str:
+    return _fmt_with_interval(row, name, lambda x: f"{100 * x:.1f} %")
 
 
 def fmt_mean(row, name: str) -> str:
-    value = row.get(name)
-    if _missing(value):
-        return "n/a"
-    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
-    text = f"{value:.3f}"
-    if not _missing(low) and not _missing(high):
-        text += f" [{low:.3f}, {high:.3f}]"
-    return text
+    return _fmt_with_interval(row, name, lambda x: f"{x:.3f}")
 
 
 def fmt_num(value, digits: int = 3) -> str:
