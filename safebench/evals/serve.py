@@ -97,20 +97,27 @@ def start_server(checkpoint: str | Path, port: int | None = None, host: str = "1
                              seed, list(extra_args))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return launch(command, host, port, served_name, log_path, env, startup_timeout, "the vLLM server")
+
+
+def launch(command: list[str], host: str, port: int, model: str, log_path: Path, env: dict,
+           startup_timeout: float, what: str) -> Server:
+    """Start an OpenAI-compatible server process and return once /v1/models answers (or
+    raise with the log's tail). Used for vLLM and for the tiny world's oracle judge."""
     with open(log_path, "ab") as log:
-        # Its own session, so stopping it also stops the engine process it spawns.
+        # Its own session, so stopping it also stops any process it spawns (vLLM's engine).
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(process=process, host=host, port=port, model=served_name, log_path=log_path, command=command)
+    server = Server(process=process, host=host, port=port, model=model, log_path=log_path, command=command)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise UsageError(f"serve: the vLLM server exited with code {process.returncode} before answering; "
+            raise UsageError(f"serve: {what} exited with code {process.returncode} before answering; "
                              f"log {log_path}:\n{server.log_tail()}")
         if models_answer(server.base_url):
             return server
-        time.sleep(0.5)
+        time.sleep(0.2)
     stop_server(server)
-    raise UsageError(f"serve: the vLLM server did not answer {server.base_url}/models within {startup_timeout:.0f} s; "
+    raise UsageError(f"serve: {what} did not answer {server.base_url}/models within {startup_timeout:.0f} s; "
                      f"log {log_path}:\n{server.log_tail()}")
 
 

@@ -10,6 +10,7 @@ order are comparable, and the output says so.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -59,12 +60,19 @@ def load_reference(name: str) -> dict:
 def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
     """Run (or reuse, stage by stage) what the table needs through the pipeline."""
     from safebench import config as config_module
+    from safebench.evals.judge.config import parse_judge_config
     from safebench.pipeline import run_pipeline
 
     run_spec = reference.get("run") or {}
-    config, recipes = config_module.resolve(preset or run_spec.get("preset", "tiny"),
-                                            list(run_spec.get("methods", [])) or None,
-                                            list(run_spec.get("overrides", [])))
+    preset = preset or run_spec.get("preset", "tiny")
+    overrides = list(run_spec.get("overrides", []))
+    # `run.judge.PRESET`: the table's judge for that preset (tiny: the oracle judge); a preset
+    # not listed keeps the judge it has (paper: GPT-4).
+    judge = (run_spec.get("judge") or {}).get(preset)
+    if judge is not None:
+        parse_judge_config(judge, source=f"{reference['path']}: run.judge.{preset}")
+        overrides.append("judge=" + json.dumps(judge))
+    config, recipes = config_module.resolve(preset, list(run_spec.get("methods", [])) or None, overrides)
     run_pipeline(config, recipes, out_dir, quiet=True)
     return out_dir
 

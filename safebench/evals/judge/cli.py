@@ -1,4 +1,5 @@
-"""Command-line entry points: `safebench judge RUN_DIR` and `safebench judge-validate`.
+"""Command-line entry points: `safebench judge RUN_DIR`, `safebench judge-validate` and
+`safebench serve-judge --world tiny`.
 
 safebench/cli.py wires them in with `register(subparsers)`; each handler takes the parsed
 argparse namespace and returns an exit code (UsageError propagates: exit 2, one line).
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import yaml
 
 from safebench.errors import UsageError
-from safebench.evals.judge.config import parse_judge_config
+from safebench.evals.judge.config import TINY_ORACLE_ENDPOINT, parse_judge_config
 
 
 def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -> dict:
@@ -74,6 +76,14 @@ def register(subparsers) -> None:
     _common(validate)
     validate.set_defaults(handler=handle_judge_validate)
 
+    serve = subparsers.add_parser(
+        "serve-judge", help="serve a synthetic world's oracle as an OpenAI-compatible judge (not an LLM)")
+    serve.add_argument("--world", choices=["tiny"], required=True,
+                       help="whose ground truth answers: tiny = safebench/world/tiny.py's oracle")
+    serve.add_argument("--port", type=int, default=8001, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.set_defaults(handler=handle_serve_judge)
+
 
 def handle_judge(args) -> int:
     from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
@@ -125,6 +135,9 @@ def handle_judge_validate(args) -> int:
 
     data = _apply_overrides(_load_yaml(args.config), args.set, args.max_judge_cost)
     config = parse_judge_config(data, source=args.config or "--set")
+    if config.endpoint == TINY_ORACLE_ENDPOINT:
+        raise UsageError(f"{args.config or '--set'}: field 'judge.endpoint' = '{TINY_ORACLE_ENDPOINT}': the tiny "
+                         "world's oracle knows only its own prompts, not the human-labelled items judge-validate uses")
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit {args.limit}: expected 0 (all) or a positive number of items")
     if not 0 < args.threshold <= 1:
@@ -134,4 +147,22 @@ def handle_judge_validate(args) -> int:
                             threshold=args.threshold, out_dir=Path(args.out) if args.out else None,
                             show_progress=not args.no_progress)
     print(format_report(report))
+    return 0
+
+
+def handle_serve_judge(args) -> int:
+    from safebench.evals.judge import tiny_oracle_judge
+    from safebench.evals.serve import LOOPBACK, free_port
+
+    port = args.port or free_port(args.host)
+    if args.host not in LOOPBACK:
+        print(f"safebench: warning: serving on {args.host}, reachable from other machines; the server has no "
+              "authentication", file=sys.stderr)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    url = f"http://{host}:{port}/v1"
+    print(f"serving the tiny world's oracle as model '{tiny_oracle_judge.MODEL_NAME}' at {url} "
+          "(ground truth of the synthetic world, not an LLM)", flush=True)
+    print(f"  e.g. safebench judge RUN_DIR --set base_url={url} --set model={tiny_oracle_judge.MODEL_NAME}; "
+          "Ctrl-C stops it", flush=True)
+    tiny_oracle_judge.run_forever(args.host, port)
     return 0

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safebench.errors import UsageError
 
 PROTOCOLS = ("safe_rlhf_score", "pairwise", "harmful_verdict")
+PAIRWISE_CRITERIA = ("helpfulness", "harmlessness")
+# The tiny world's oracle judge (safebench/evals/judge/tiny_oracle_judge.py): endpoint and model id.
+TINY_ORACLE_ENDPOINT, TINY_ORACLE_MODEL = "tiny-oracle", "tiny-oracle-judge"
 
 
 class Price(BaseModel):
@@ -30,6 +33,10 @@ class Price(BaseModel):
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # "url": the judge at base_url. "tiny-oracle": the tiny world's ground truth behind the same
+    # OpenAI interface (safebench/evals/judge/tiny_oracle_judge.py, not an LLM); the judge stage
+    # starts it on loopback for its duration and base_url is not used.
+    endpoint: Literal["url", "tiny-oracle"] = "url"
     base_url: str = "https://api.openai.com/v1"
     # Pinned snapshot, as SACPO did; an alias such as "gpt-4" changes under the run.
     model: str = "gpt-4-0125-preview"
@@ -54,12 +61,19 @@ class JudgeConfig(BaseModel):
     max_cost: float | None = Field(None, ge=0)
     repeats: int = Field(3, ge=1)
     protocols: list[Literal["safe_rlhf_score", "pairwise", "harmful_verdict"]] = ["harmful_verdict"]
-    pairwise_criteria: list[Literal["helpfulness", "harmlessness"]] = ["helpfulness", "harmlessness"]
+    pairwise_criteria: list[Literal[PAIRWISE_CRITERIA]] = list(PAIRWISE_CRITERIA)
     # none: free text + parser. json_schema: `response_format` (OpenAI and vLLM).
     # choice: vLLM's `structured_outputs` extra (single-token labels only on odd tokenizers).
     structured_output: Literal["none", "json_schema", "choice"] = "json_schema"
     cache_path: str | None = None  # default: $SAFEBENCH_CACHE_DIR or ~/.cache/safebench
     elo_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _oracle_judge_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("endpoint") == TINY_ORACLE_ENDPOINT and "model" not in data:
+            return {**data, "model": TINY_ORACLE_MODEL}
+        return data
 
     @model_validator(mode="after")
     def _budget_needs_price(self) -> "JudgeConfig":
@@ -70,6 +84,9 @@ class JudgeConfig(BaseModel):
             )
         if not self.protocols:
             raise ValueError("protocols is empty; choose from " + ", ".join(PROTOCOLS))
+        if self.endpoint == TINY_ORACLE_ENDPOINT and self.model != TINY_ORACLE_MODEL:
+            raise ValueError(f"field 'judge.model' = {self.model!r}: endpoint '{TINY_ORACLE_ENDPOINT}' "
+                             f"serves only '{TINY_ORACLE_MODEL}'")
         return self
 
     # --- derived ----------------------------------------------------------------------
@@ -104,6 +121,12 @@ class JudgeConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """The fields that change a verdict (concurrency, retries, budget do not)."""
+        if self.endpoint == TINY_ORACLE_ENDPOINT:
+            from safebench.evals.judge.tiny_oracle_judge import oracle_fingerprint
+
+            # Deterministic: no sampling settings; its port changes every start, its oracle does not.
+            return {"endpoint": self.endpoint, "model": self.model, "oracle": oracle_fingerprint(),
+                    "structured_output": self.structured_output}
         return {
             "base_url": self.base_url.rstrip("/"),
             "model": self.model,

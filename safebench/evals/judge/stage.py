@@ -11,16 +11,18 @@ errors and budget stops are retried on the next run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import defaultdict
+from typing import Iterator
 
 from safebench.errors import UsageError
 from safebench.hashing import stable_hash
 from safebench.evals.judge import harmful_verdict, pairwise, safe_rlhf_score
 from safebench.evals.judge.cache import JudgeCache
 from safebench.evals.judge.client import JudgeClient, Outcome
-from safebench.evals.judge.config import JudgeConfig, parse_judge_config
+from safebench.evals.judge.config import TINY_ORACLE_ENDPOINT, JudgeConfig, parse_judge_config
 from safebench.evals.judge.protocol import JudgeRequest
 
 SCHEMA = """
@@ -44,6 +46,19 @@ CREATE TABLE IF NOT EXISTS judge_summaries (stage_key TEXT PRIMARY KEY, summary 
 
 FINAL_STATUSES = ("scored", "unparsed")
 PROTOCOL_MODULES = {m.NAME: m for m in (safe_rlhf_score, pairwise, harmful_verdict)}
+
+
+@contextlib.contextmanager
+def reachable_judge(config: JudgeConfig) -> Iterator[JudgeConfig]:
+    """The config to send requests with. For endpoint tiny-oracle the oracle judge's server
+    runs (on a free loopback port) while the block does, and base_url points at it."""
+    if config.endpoint != TINY_ORACLE_ENDPOINT:
+        yield config
+        return
+    from safebench.evals.judge.tiny_oracle_judge import serving_tiny_oracle_judge
+
+    with serving_tiny_oracle_judge() as server:
+        yield config.model_copy(update={"base_url": server.base_url})
 
 
 def ensure_tables(db) -> None:
@@ -155,10 +170,12 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
         ":template_hash, :cache_key, :prompt_tokens, :completion_tokens, :cost_usd, :from_cache, "
         ":attempts, :judged_at)")
     try:
-        client = JudgeClient(config, cache, show_progress=show_progress)
-        # Each verdict is committed on arrival (autocommit, WAL): a SIGKILL loses at most the
-        # calls in flight, and those are still in the cache if their answers had arrived.
-        stats = client.run(todo, lambda outcome: db.execute(insert, _row(stage_key, config, outcome)))
+        # Nothing to ask (a finished stage being re-summarised): no server to start either.
+        with reachable_judge(config) if todo else contextlib.nullcontext(config) as live_config:
+            client = JudgeClient(live_config, cache, show_progress=show_progress)
+            # Each verdict is committed on arrival (autocommit, WAL): a SIGKILL loses at most the
+            # calls in flight, and those are still in the cache if their answers had arrived.
+            stats = client.run(todo, lambda outcome: db.execute(insert, _row(stage_key, config, outcome)))
     finally:
         cache.close()
 
