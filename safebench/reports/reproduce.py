@@ -64,7 +64,8 @@ def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
     run_spec = reference.get("run") or {}
     config, recipes = config_module.resolve(preset or run_spec.get("preset", "tiny"),
                                             list(run_spec.get("methods", [])) or None,
-                                            list(run_spec.get("overrides", [])))
+                                            list(run_spec.get("overrides", [])),
+                                            methods_source=f"{reference['path']}: field 'run.methods'")
     run_pipeline(config, recipes, out_dir, quiet=True)
     return out_dir
 
