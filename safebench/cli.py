@@ -36,7 +36,8 @@ def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> No
     parser.add_argument("--preset", default="tiny", help="preset: tiny | smol | paper (see `safebench list presets`)")
     if methods:
         parser.add_argument("--methods", type=_methods, default=None,
-                            help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant \"sacpo[beta_over_lambda=0.01]\" (default: the preset's)")
+                            help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant "
+                                 "\"sacpo[beta_over_lambda=0.01]\" (default: the preset's)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set trainers.sft.lr=1e-5 (repeatable)")

@@ -170,7 +170,8 @@ def parse_method_name(text: str, where: str) -> tuple[str, dict[str, Any]]:
     for part in match["fields"].split(","):
         key, equals, raw = (piece.strip() for piece in part.partition("="))
         if not equals or not key or not raw:
-            raise UsageError(f"{where}: method {text!r}: {part.strip()!r} is not FIELD=VALUE; expected {_VARIANT_EXAMPLE}")
+            raise UsageError(f"{where}: method {text!r}: {part.strip()!r} is not FIELD=VALUE; "
+                             f"expected {_VARIANT_EXAMPLE}")
         if key in fields:
             raise UsageError(f"{where}: method {text!r}: field '{key}' is given twice")
         try:
