@@ -19,14 +19,25 @@ PLUGIN_COMMANDS = (
 
 
 def _methods(text: str) -> list[str]:
-    return [m.strip() for m in text.split(",") if m.strip()]
+    """Comma-separated method names; commas inside a variant's brackets (`sacpo[a=1,b=2]`) stay."""
+    names, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            names.append(current)
+            current = ""
+        else:
+            current += char
+    names.append(current)
+    return [m.strip() for m in names if m.strip()]
 
 
 def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> None:
     parser.add_argument("--preset", default="tiny", help="preset: tiny | smol | paper (see `safebench list presets`)")
     if methods:
         parser.add_argument("--methods", type=_methods, default=None,
-                            help="comma-separated methods, e.g. sft,ppo-lag,repo (default: the preset's)")
+                            help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant "
+                                 "\"sacpo[beta_over_lambda=0.01]\" (default: the preset's)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set trainers.sft.lr=1e-5 (repeatable)")

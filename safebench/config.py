@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
@@ -151,44 +152,74 @@ def format_validation_error(exc: ValidationError, prefix: tuple, provenance: Pro
     return f"{source}: field '{dotted}' = {err.get('input')!r}: {expected}"
 
 
-def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] = ()) -> tuple[RunConfig, dict]:
-    """Build and validate the run config. Returns (config, validated recipes by stage name)."""
-    preset_path = registry.presets_dir() / f"{preset}.yaml"
-    if not preset_path.exists():
-        raise UsageError(
-            f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())}"
-        )
-    preset_data = registry.load_yaml(preset_path)
+# --- method names and variants ----------------------------------------------------------
+
+# NAME or NAME[FIELD=VALUE,...]; values hold no brackets (they are single YAML scalars)
+_METHOD_NAME_RE = re.compile(r"^(?P<base>[A-Za-z0-9_.-]+)(?:\[(?P<fields>[^\[\]]*)\])?$")
+_VARIANT_EXAMPLE = "NAME or NAME[FIELD=VALUE,...], e.g. sacpo[beta_over_lambda=0.01]"
+
+
+def parse_method_name(text: str, where: str) -> tuple[str, dict[str, Any]]:
+    """`sacpo[beta_over_lambda=0.01,lr=1e-4]` -> ('sacpo', {'beta_over_lambda': 0.01, 'lr': 0.0001})."""
+    match = _METHOD_NAME_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise UsageError(f"{where}: method {text!r}: expected {_VARIANT_EXAMPLE}")
+    fields: dict[str, Any] = {}
+    if match["fields"] is None:
+        return match["base"], fields
+    for part in match["fields"].split(","):
+        key, equals, raw = (piece.strip() for piece in part.partition("="))
+        if not equals or not key or not raw:
+            raise UsageError(f"{where}: method {text!r}: {part.strip()!r} is not FIELD=VALUE; "
+                             f"expected {_VARIANT_EXAMPLE}")
+        if key in fields:
+            raise UsageError(f"{where}: method {text!r}: field '{key}' is given twice")
+        try:
+            value = _numberish(yaml.safe_load(raw))
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, (list, dict)) or value is None:
+            raise UsageError(f"{where}: method {text!r}: field '{key}' = {raw!r}: expected one value "
+                             f"(a list of values is a sweep: --set trainers.{match['base']}.{key}=[a,b])")
+        fields[key] = value
+    return match["base"], fields
+
+
+def variant_name(base: str, fields: dict[str, Any], recipe_class) -> str:
+    """The one spelling of a variant: fields in the recipe's field order, values as Python prints
+    them (`0.010` and `1e-2` both give `sacpo[beta_over_lambda=0.01]`), so stage names and keys
+    agree however the variant was asked for (method list, `needs`, or a sweep)."""
+    if not fields:
+        return base
+    order = list(recipe_class.model_fields)
+    label = ",".join(f"{k}={fields[k]}" for k in sorted(fields, key=order.index))
+    return f"{base}[{label}]"
+
+
+def _check_variant_fields(base: str, fields: dict[str, Any], recipe_class, where: str, text: str) -> None:
+    for key in fields:
+        if key not in recipe_class.model_fields or key in ("trainer", "role", "description"):
+            settable = [f for f in recipe_class.model_fields
+                        if f not in ("trainer", "role", "description") and not _is_list_field(recipe_class, f)]
+            raise UsageError(f"{where}: method {text!r}: unknown field '{key}' of method '{base}'; "
+                             f"expected one of {', '.join(settable)}")
+        if _is_list_field(recipe_class, key):
+            raise UsageError(f"{where}: method {text!r}: field '{key}' is a list; a variant sets single-valued "
+                             f"fields (set lists with --set trainers.{base}.{key}=[...])")
+
+
+def _layered(preset: str, preset_data: dict, preset_rel: str, bases: list[str],
+             parsed_overrides: list) -> tuple[dict, Provenance]:
+    """recipe YAML < preset YAML < --set, for the recipes named in `bases`."""
     provenance: Provenance = {}
     merged: dict[str, Any] = {"preset": preset, "trainers": {}}
-
-    parsed_overrides = [parse_override(o) for o in overrides]
-    if methods is None:
-        methods = preset_data.get("methods", ["sft"])
-    available = registry.method_names()
-    for method in methods:
-        if method not in available:
-            raise UsageError(f"unknown method '{method}'; available: {', '.join(available)}")
-
-    # Recipes: the SFT and score-model stages always run; methods add their own, plus
-    # whatever they `need`.
-    stage_names = ["sft", *SCORE_MODEL_STAGES]
-    queue = list(methods)
-    while queue:
-        name = queue.pop(0)
-        if name in stage_names:
-            continue
-        stage_names.append(name)
-        queue.extend(registry.load_recipe(name).get("needs", []))
-    for name in stage_names:
+    for name in bases:
         recipe = registry.load_recipe(name)
-        _merge(merged["trainers"], {name: recipe}, str(registry.recipe_path(name).relative_to(registry.project_root())), provenance, ("trainers",))
-
-    preset_rel = str(preset_path.relative_to(registry.project_root()))
+        _merge(merged["trainers"], {name: recipe}, str(registry.recipe_path(name).relative_to(registry.project_root())),
+               provenance, ("trainers",))
     preset_layer = {k: v for k, v in preset_data.items() if k != "trainers"}
-    preset_layer["trainers"] = {k: v for k, v in (preset_data.get("trainers") or {}).items() if k in stage_names}
+    preset_layer["trainers"] = {k: v for k, v in (preset_data.get("trainers") or {}).items() if k in bases}
     _merge(merged, preset_layer, preset_rel, provenance)
-    merged["methods"] = list(methods)
     for path, value in parsed_overrides:
         layer: dict = {}
         cursor = layer
@@ -196,13 +227,78 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
             cursor = cursor.setdefault(part, {})
         cursor[path[-1]] = value
         _merge(merged, layer, f"--set {'.'.join(path)}", provenance)
+    return merged, provenance
+
+
+def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] = (),
+            methods_source: str = "--methods") -> tuple[RunConfig, dict]:
+    """Build and validate the run config. Returns (config, validated recipes by stage name).
+
+    A method may be a variant, NAME[FIELD=VALUE,...]: NAME's recipe (after the preset and `--set`)
+    with those fields changed, trained as its own stage. `methods_source` names where the list
+    came from, for errors.
+    """
+    preset_path = registry.presets_dir() / f"{preset}.yaml"
+    if not preset_path.exists():
+        raise UsageError(
+            f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())}"
+        )
+    preset_data = registry.load_yaml(preset_path)
+    preset_rel = str(preset_path.relative_to(registry.project_root()))
+    parsed_overrides = [parse_override(o) for o in overrides]
+    if methods is None:
+        methods = preset_data.get("methods", ["sft"])
+        methods_source = f"{preset_rel}: field 'methods'"
+    available = registry.method_names()
+
+    def stage_spec(text: str, where: str) -> tuple[str, str, dict]:
+        base, fields = parse_method_name(text, where)
+        if base not in available:
+            raise UsageError(f"{where}: unknown method '{base}'" + (f" in {text!r}" if fields else "")
+                             + f"; available: {', '.join(available)}")
+        if fields and base == "sft":
+            raise UsageError(f"{where}: method {text!r}: sft has no variants: every method starts from the "
+                             f"one SFT model (change it with --set trainers.sft.FIELD=VALUE)")
+        recipe_class = registry.trainer_module(registry.load_recipe(base).get("trainer", base)).Recipe
+        _check_variant_fields(base, fields, recipe_class, where, text)
+        return variant_name(base, fields, recipe_class), base, fields
+
+    requested: dict[str, tuple[str, dict]] = {}
+    for text in methods:
+        name, base, fields = stage_spec(text, methods_source)
+        requested.setdefault(name, (base, fields))
+
+    # Stages: SFT and the score models always; the requested methods; whatever they `need`, where a
+    # need may itself be a variant (p-sacpo: needs: ["sacpo[beta_over_lambda=0.025]"]). A recipe's
+    # `needs` may come from the preset or --set, so the layers are rebuilt until no stage is new.
+    specs: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ("sft", *SCORE_MODEL_STAGES)}
+    specs.update(requested)
+    stage_needs: dict[str, list[str]] = {}
+    while True:
+        bases = list(dict.fromkeys(base for base, _ in specs.values()))
+        merged, provenance = _layered(preset, preset_data, preset_rel, bases, parsed_overrides)
+        new = False
+        for name, (base, _) in list(specs.items()):
+            declared = merged["trainers"][base].get("needs") or []
+            where = f"{source_of(('trainers', base, 'needs'), provenance)}: field 'trainers.{base}.needs'"
+            if not isinstance(declared, list):
+                raise UsageError(f"{where} = {declared!r}: expected a list of method names")
+            stage_needs[name] = []
+            for text in declared:
+                need, need_base, need_fields = stage_spec(text, where)
+                stage_needs[name].append(need)
+                if need not in specs:
+                    specs[need], new = (need_base, need_fields), True
+        if not new:
+            break
+    merged["methods"] = list(requested)
 
     try:
         config = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, (), provenance)) from None
 
-    stage_names, config.methods = expand_sweeps(stage_names, config, provenance)
+    stage_names, config.methods = expand_stages(specs, stage_needs, config, provenance, methods_source)
     recipes = {}
     for name in stage_names:
         recipes[name] = validate_recipe(name, config.trainers[name], provenance)
@@ -240,37 +336,61 @@ def _is_list_field(recipe_class, field: str) -> bool:
     return annotation in (list, tuple) or get_origin(annotation) in (list, tuple)
 
 
-def expand_sweeps(stage_names: list[str], config: RunConfig, provenance: Provenance) -> tuple[list[str], list[str]]:
-    """A list given for a scalar recipe field is a sweep: one method variant per value.
+def expand_stages(specs: dict[str, tuple[str, dict]], stage_needs: dict[str, list[str]], config: RunConfig,
+                  provenance: Provenance, methods_source: str) -> tuple[list[str], list[str]]:
+    """Each stage's recipe data (its base recipe with the variant's fields), with sweeps expanded.
 
+    A list given for a single-valued recipe field is a sweep: one method variant per value.
     `--set trainers.sacpo.beta_over_lambda=[0.01,0.1]` turns method `sacpo` into
     `sacpo[beta_over_lambda=0.01]` and `sacpo[beta_over_lambda=0.1]`, each its own stage.
+    A stage another method needs by that exact name is not swept: which variant the dependent
+    builds on would be ambiguous, so the dependent must name one in its `needs`.
     """
-    new_stages, new_methods = [], list(config.methods)
-    needed = {n for name in stage_names for n in config.trainers[name].get("needs", [])}
-    for name in stage_names:
-        data = config.trainers[name]
-        recipe_class = registry.trainer_module(data.get("trainer", "")).Recipe if data.get("trainer") else None
+    new_stages: list[str] = []
+    new_methods = list(config.methods)
+    dependents = {need: name for name, needs in stage_needs.items() for need in needs}
+    for name, (base, fields) in specs.items():
+        data = {**config.trainers[base], **fields, "needs": stage_needs[name]}
+        recipe_class = registry.trainer_module(data["trainer"]).Recipe if data.get("trainer") else None
+        if name != base:
+            for path, source in list(provenance.items()):
+                if path[:2] == ("trainers", base):
+                    provenance[("trainers", name) + path[2:]] = source
+            for key in fields:
+                where = methods_source if name in config.methods else \
+                    f"{source_of(('trainers', dependents.get(name, base), 'needs'), provenance)}"
+                provenance[("trainers", name, key)] = f"{where}: method '{name}'"
         swept = {k: v for k, v in data.items()
                  if isinstance(v, list) and recipe_class is not None and not _is_list_field(recipe_class, k)}
         if not swept:
-            new_stages.append(name)
+            config.trainers[name] = data
+            if name not in new_stages:
+                new_stages.append(name)
             continue
-        if name not in config.methods or name in needed or name in ("sft", *SCORE_MODEL_STAGES):
-            raise UsageError(f"{source_of(('trainers', name, next(iter(swept))), provenance)}: cannot sweep '{name}' "
-                             f"({', '.join(swept)}): only requested methods that no other method needs can be swept")
+        where = source_of(("trainers", base, next(iter(swept))), provenance)
+        if name in ("sft", *SCORE_MODEL_STAGES):
+            raise UsageError(f"{where}: cannot sweep '{name}' ({', '.join(swept)}): every method starts from it")
+        if name in dependents:
+            field, values = next(iter(swept.items()))
+            example = variant_name(base, {**fields, field: values[0]}, recipe_class)
+            raise UsageError(
+                f"{where}: cannot sweep '{name}' ({', '.join(swept)}): method '{dependents[name]}' needs '{name}', "
+                f"which would be ambiguous; name one variant in its needs, e.g. "
+                f"--set 'trainers.{dependents[name]}.needs=[\"{example}\"]'")
         variants = []
         for values in itertools.product(*swept.values()):
-            label = ",".join(f"{k}={v}" for k, v in zip(swept, values))
-            variant = f"{name}[{label}]"
-            config.trainers[variant] = {**data, **dict(zip(swept, values))}
+            chosen = {**fields, **dict(zip(swept, values))}
+            variant = variant_name(base, chosen, recipe_class)
+            config.trainers[variant] = {**data, **chosen}
             for path, source in list(provenance.items()):
                 if path[:2] == ("trainers", name):
                     provenance[("trainers", variant) + path[2:]] = source
             variants.append(variant)
-        new_stages += variants
-        position = new_methods.index(name)
-        new_methods[position:position + 1] = variants
+            if variant not in new_stages:
+                new_stages.append(variant)
+        if name in new_methods:
+            position = new_methods.index(name)
+            new_methods[position:position + 1] = [v for v in variants if v not in new_methods]
     return new_stages, new_methods
 
 

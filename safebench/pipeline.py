@@ -109,10 +109,27 @@ class Pipeline:
     def write_manifest(self) -> None:
         atomic_write_json(self.store.manifest_path, self.manifest)
 
+    def train_material(self, name: str, key_material: dict) -> dict:
+        """What a training stage's key hashes: its validated recipe and the keys of its inputs."""
+        return {"recipe": self.recipes[name].model_dump(mode="json"), **key_material}
+
+    def method_inputs(self, name: str, upstream: dict, method_keys: dict[str, str]) -> dict:
+        """A method's inputs: SFT, the score models, the run's common settings and the methods it needs."""
+        return {**upstream, "needs": {n: method_keys[n] for n in self.recipes[name].needs}}
+
+    def planned_method_keys(self, upstream: dict) -> dict[str, str]:
+        """Every method stage's key, from the keys of SFT, the score models and the common settings,
+        without training: a method's key changes exactly when its recipe or an input's key does."""
+        keys = {"sft": upstream["sft"]}
+        for name in self.method_order():
+            if name != "sft":
+                keys[name] = self.stage_key(name, self.train_material(name, self.method_inputs(name, upstream, keys)))
+        return keys
+
     def train_stage(self, name: str, key_material: dict, ctx_kwargs: dict) -> tuple[str, Path]:
         recipe = self.recipes[name]
         module = registry.trainer_module(recipe.trainer)
-        material = {"recipe": recipe.model_dump(mode="json"), **key_material}
+        material = self.train_material(name, key_material)
 
         def build(directory: Path) -> dict:
             with atomic_directory(directory / "model") as tmp:
@@ -159,14 +176,13 @@ class Pipeline:
 
         method_keys: dict[str, str] = {"sft": sft_key}
         method_dirs: dict[str, Path] = {"sft": sft_model}
+        upstream = {"sft": sft_key, "reward": scorer_keys["reward-model"], "cost": scorer_keys["cost-model"], **common}
         for name in self.method_order():
             if name == "sft":
                 continue
             needs = self.recipes[name].needs
             key, directory = self.train_stage(
-                name,
-                {"sft": sft_key, "reward": scorer_keys["reward-model"], "cost": scorer_keys["cost-model"],
-                 "needs": {n: method_keys[n] for n in needs}, **common},
+                name, self.method_inputs(name, upstream, method_keys),
                 {"policy_dir": sft_model, "reward_model_dir": scorer_dirs["reward-model"],
                  "cost_model_dir": scorer_dirs["cost-model"], "method_dirs": {n: method_dirs[n] for n in needs}},
             )

@@ -88,12 +88,16 @@ def test_invalid_yaml_names_file_and_line(project_copy):
         resolve()
 
 
-def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "trainers.sft.lr=abc"], "trainers.sft.lr"),
+    (["--methods", "sft,sacpo[beta_over_lambda=0.1,bogus=2]"], "unknown field 'bogus' of method 'sacpo'"),
+])
+def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path, args, expected):
     out = tmp_path / "run"
-    result = run_cli("run", "--preset", "tiny", "--set", "trainers.sft.lr=abc", "--out", str(out))
+    result = run_cli("run", "--preset", "tiny", *args, "--out", str(out))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert "trainers.sft.lr" in result.stderr
+    assert expected in result.stderr
     assert not out.exists()
 
 
@@ -116,3 +120,46 @@ def test_registry_lists_what_exists():
     assert "reward-model" not in registry.method_names()
     assert {"tiny-harmful", "tiny-benign", "tiny-over-refusal"} <= set(registry.suite_names())
     assert "tiny" in registry.preset_names()
+
+
+# --- method variants: NAME[FIELD=VALUE,...] in the method list ------------------------------------
+
+def test_method_list_variant_resolves_to_that_recipe_field():
+    config, recipes = resolve(methods=["sft", "sacpo[beta_over_lambda=0.01]", "sacpo[beta_over_lambda=1e-1]"])
+    assert config.methods == ["sft", "sacpo[beta_over_lambda=0.01]", "sacpo[beta_over_lambda=0.1]"]
+    assert recipes["sacpo[beta_over_lambda=0.01]"].beta_over_lambda == pytest.approx(0.01)
+    assert recipes["sacpo[beta_over_lambda=0.1]"].beta_over_lambda == pytest.approx(0.1)
+    # every other field is sacpo's as the preset sets it (tiny: lr 1e-4), and the plain method is no stage
+    assert recipes["sacpo[beta_over_lambda=0.01]"].lr == pytest.approx(1e-4)
+    assert "sacpo" not in recipes and "sacpo" not in config.trainers
+
+
+def test_variant_names_have_one_spelling_whichever_way_they_are_asked_for():
+    spelled = resolve(methods=["sacpo[lr=2e-4,beta_over_lambda=0.050]"])[0].methods
+    swept = resolve("trainers.sacpo.beta_over_lambda=[0.05]", "trainers.sacpo.lr=[0.0002]", methods=["sacpo"])[0].methods
+    assert spelled == swept == ["sacpo[beta_over_lambda=0.05,lr=0.0002]"]  # recipe field order, values as printed
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("sacpo[beta_over_lambda=0.1", "method 'sacpo[beta_over_lambda=0.1': expected NAME or NAME[FIELD=VALUE,...]"),
+    ("sacpo[beta_over_lambda]", "'beta_over_lambda' is not FIELD=VALUE"),
+    ("sacpo[bogus=1]", "unknown field 'bogus' of method 'sacpo'; expected one of order, only,"),
+    ("sacpo[beta_over_lambda=abc]", "field 'trainers.sacpo[beta_over_lambda=abc].beta_over_lambda' = 'abc'"),
+    ("sacpo[beta_over_lambda=-1]", "= -1: Input should be greater than 0"),
+    ("sacpo[beta_over_lambda=0.1,beta_over_lambda=0.2]", "field 'beta_over_lambda' is given twice"),
+    ("sacpo[needs=sft]", "field 'needs' is a list"),
+    ("nosuch[lr=1]", "unknown method 'nosuch' in 'nosuch[lr=1]'; available: "),
+    ("sft[lr=0.1]", "sft has no variants"),
+])
+def test_bad_variant_is_a_one_line_error_naming_the_method(method, expected):
+    with pytest.raises(UsageError) as info:
+        resolve(methods=["sft", method])
+    assert str(info.value).startswith("--methods: ")
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_method_list_keeps_commas_inside_a_variant():
+    from safebench.cli import _methods
+
+    assert _methods("sft, sacpo[beta_over_lambda=0.01,lr=1e-4],dpo-h") == [
+        "sft", "sacpo[beta_over_lambda=0.01,lr=1e-4]", "dpo-h"]

@@ -72,7 +72,8 @@ def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
     if judge is not None:
         parse_judge_config(judge, source=f"{reference['path']}: run.judge.{preset}")
         overrides.append("judge=" + json.dumps(judge))
-    config, recipes = config_module.resolve(preset, list(run_spec.get("methods", [])) or None, overrides)
+    config, recipes = config_module.resolve(preset, list(run_spec.get("methods", [])) or None, overrides,
+                                            methods_source=f"{reference['path']}: field 'run.methods'")
     run_pipeline(config, recipes, out_dir, quiet=True)
     return out_dir
 

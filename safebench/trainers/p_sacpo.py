@@ -4,8 +4,10 @@
 
 The paper trains the safety step with a conservatively small β/λ (large λ) and then moves
 back toward helpfulness by choosing q ∈ {0.25, 0.5, 0.75}; q = 1 is the safety-step model,
-q = 0 the helpfulness-step model. The step checkpoints come from the `sacpo` stage
-(`<sacpo>/steps/{helpfulness,safety}`); which of them ran first does not matter here.
+q = 0 the helpfulness-step model. The step checkpoints come from the sacpo stage that the
+recipe's `needs` names (`<sacpo>/steps/{helpfulness,safety}`): plain `sacpo`, or one variant such
+as `sacpo[beta_over_lambda=0.025]` when the run holds several (config.py refuses an ambiguous
+`needs`). Which step ran first does not matter here.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ alignments done one after the other (paper, Theorem 1 / eq. 9):
 the paper's DPO(S)) and the helpfulness step second (coefficient `beta_over_lambda`). So `beta`
 is always the first step's coefficient and `beta_over_lambda` the second's, whichever order.
 
+`only: helpfulness` / `only: safety` runs that one step from SFT and stops: the paper's
+single-step baselines DPO(H) (β = 0.1) and DPO(S) (β = 0.01) of Table 3 (recipes dpo-h, dpo-s).
+`beta` is then the step's coefficient (default by the step) and `beta_over_lambda` is unused.
+
 Losses, as TRL 1.16 computes them (`trl.DPOTrainer`, `trl.KTOTrainer`, the library the
 original code stands on):
   DPO  −log σ(b·[log πθ(y_w|x)/π_ref(y_w|x) − log πθ(y_l|x)/π_ref(y_l|x)])      (DPO eq. 7)
@@ -26,8 +30,8 @@ response, one eos after it, no BOS added); TRL's own text tokenisation is bypass
 adds the tokenizer's special tokens (a second BOS for Llama tokenizers) and has no prompt
 length limit.
 
-Output: ctx.out_dir holds the final (second-step) model; ctx.out_dir/steps/{helpfulness,
-safety}/ hold each step's model for P-SACPO to merge. Each finished step is kept in
+Output: ctx.out_dir holds the final (last step's) model; ctx.out_dir/steps/{helpfulness,
+safety}/ hold each step's model (of the steps that ran) for P-SACPO to merge. Each finished step is kept in
 ctx.work_dir/steps/ and TRL saves resumable trainer state every `checkpoint_every` steps, so
 a rerun after a crash resumes instead of starting over.
 
@@ -52,15 +56,17 @@ from safebench.store import atomic_directory
 from safebench.trainers.base import RecipeBase, TrainContext
 
 STEPS = ("helpfulness", "safety")
-# the paper's first-step coefficient for each order (helpfulness DPO(H) β = 0.1, safety DPO(S) β = 0.01)
-DEFAULT_FIRST_BETA = {"helpfulness-first": 0.1, "safety-first": 0.01}
+# the paper's coefficient for a step run from SFT: DPO(H) β = 0.1, DPO(S) β = 0.01
+DEFAULT_FIRST_BETA = {"helpfulness": 0.1, "safety": 0.01}
 
 
 class Recipe(RecipeBase):
     order: Literal["helpfulness-first", "safety-first"] = "helpfulness-first"
+    # run one step only (DPO(H) / DPO(S) baselines); None = both steps, in `order`
+    only: Literal["helpfulness", "safety"] | None = None
     helpfulness_loss: Literal["dpo", "kto"] = "dpo"
     safety_loss: Literal["dpo", "kto"] = "dpo"
-    # KL coefficient of the first step; None = the paper's value for the order (0.1 / 0.01)
+    # KL coefficient of the first step; None = the paper's value for that step (0.1 / 0.01)
     beta: float | None = Field(None, gt=0)
     # KL coefficient of the second step (β/λ); a plain float so `--set ...=[a,b]` sweeps it
     beta_over_lambda: float = Field(0.025, gt=0)
@@ -94,15 +100,19 @@ class Recipe(RecipeBase):
     @model_validator(mode="after")
     def _fill_first_beta(self):
         if self.beta is None:
-            self.beta = DEFAULT_FIRST_BETA[self.order]
+            self.beta = DEFAULT_FIRST_BETA[self.step_names()[0]]
         return self
 
+    def step_names(self) -> list[str]:
+        if self.only is not None:
+            return [self.only]
+        return list(STEPS) if self.order == "helpfulness-first" else list(reversed(STEPS))
+
     def step_plan(self) -> list[dict]:
-        """The two steps in the order they run: which preference, which loss, which coefficient."""
-        names = list(STEPS) if self.order == "helpfulness-first" else list(reversed(STEPS))
+        """The steps in the order they run: which preference, which loss, which coefficient."""
         losses = {"helpfulness": self.helpfulness_loss, "safety": self.safety_loss}
-        return [{"name": names[0], "loss": losses[names[0]], "beta": self.beta},
-                {"name": names[1], "loss": losses[names[1]], "beta": self.beta_over_lambda}]
+        betas = [self.beta, self.beta_over_lambda]
+        return [{"name": name, "loss": losses[name], "beta": beta} for name, beta in zip(self.step_names(), betas)]
 
 
 # --- data: PKU-SafeRLHF records -> tokenised pairs (one path with SFT and the score models) ----
@@ -316,6 +326,6 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
         if not (step_dir / "config.json").exists():  # a finished step survives a crash of the next one
             run_step(ctx, recipe, step, start, step_dir)
         start = step_dir  # the second step starts from, and is regularised towards, the first's output
-    for name in STEPS:
+    for name in recipe.step_names():
         _link_tree(finished / name, ctx.out_dir / "steps" / name)
     _link_tree(start, ctx.out_dir)

@@ -45,3 +45,20 @@ def test_judge_table_without_and_with_verdicts(synthetic_run):
 def test_unknown_table_lists_the_available_ones():
     with pytest.raises(UsageError, match="available: repo-safety, sacpo-table3"):
         load_reference("nope")
+
+
+@pytest.mark.parametrize("name", ["repo-safety", "sacpo-table3"])
+def test_reference_run_block_trains_every_row_in_one_run(name):
+    """The table's `run:` block resolves (variants, needs and overrides included) to a run whose
+    methods are exactly the rows' methods, under the names the rows use."""
+    from safebench import config as config_module
+
+    reference = load_reference(name)
+    run = reference["run"]
+    config, recipes = config_module.resolve(run["preset"], run["methods"], run.get("overrides", []),
+                                            methods_source=f"{name}: run.methods")
+    rows = list(dict.fromkeys(row["method"] for row in reference["rows"]))
+    assert config.methods == rows
+    assert set(rows) <= set(recipes)
+    for method in rows:  # every merge builds on a stage the same run trains and evaluates
+        assert set(recipes[method].needs) <= set(config.methods)
