@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from safebench.errors import UsageError
+
 SAFE_COST_MAX = 0.0
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 DEFAULT_N_BOOT = 2000
@@ -306,20 +308,27 @@ JUDGE_TABLE = "judge_verdicts"
 JUDGE_COLUMNS = ("method", "suite", "prompt_id", "protocol", "criterion", "opponent", "value", "status")
 
 
-def read_judge_verdicts(db_path: str | Path) -> pd.DataFrame | None:
-    """The judge's verdicts, or None when the run has none. Read-only and defensive: the
-    judge owns its tables. `judge_judgments` (written by safebench/evals/judge) is turned
-    into the rows above by `_verdicts_from_judgments`; a `judge_verdicts` table or view in
-    that shape is read as is."""
+def read_judge_verdicts(db_path: str | Path, stage_keys: Iterable[str]) -> pd.DataFrame | None:
+    """The verdicts of the judge stages `stage_keys` (the key the run's manifest records, see
+    `recorded_judge_stage`), or None when there are none. Only those stages: a run judged
+    again (another judge, another template) keeps the old verdicts in its database, and
+    pooling them with the new ones would mix two judges in one number.
+
+    Read-only and defensive: the judge owns its tables. `judge_judgments` (written by
+    safebench/evals/judge) is turned into the rows above by `_verdicts_from_judgments`. A
+    `judge_verdicts` table or view in that shape (an external judge's, without stage keys) is
+    read as is, and only when there is no `judge_judgments`."""
     db_path = Path(db_path)
+    stage_keys = list(stage_keys)
     if not db_path.exists():
         return None
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
         if "judge_judgments" in names:
+            marks = ",".join("?" * len(stage_keys))
             frame = _verdicts_from_judgments(pd.read_sql_query(
                 "SELECT method, suite, prompt_id, protocol, criterion, order_ab, status, value "
-                "FROM judge_judgments", db))
+                f"FROM judge_judgments WHERE stage_key IN ({marks})", db, params=stage_keys))
         elif JUDGE_TABLE in names:
             columns = {row[1] for row in db.execute(f"PRAGMA table_info({JUDGE_TABLE})")}
             if not set(JUDGE_COLUMNS) <= columns:
@@ -328,6 +337,31 @@ def read_judge_verdicts(db_path: str | Path) -> pd.DataFrame | None:
         else:
             return None
     return frame if len(frame) else None
+
+
+def judge_stage_keys_in(db_path: str | Path) -> list[str]:
+    """Every judge stage with judgments in the database, recorded in the manifest or not."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return []
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "judge_judgments" not in names:
+            return []
+        return [key for (key,) in db.execute("SELECT DISTINCT stage_key FROM judge_judgments ORDER BY stage_key")]
+
+
+def recorded_judge_stage(manifest: dict, manifest_path: str | Path = "manifest.json") -> str | None:
+    """The judge stage key the manifest records (`stages.judge.key`, written by the pipeline
+    and by `safebench judge`), or None when it records no judge stage."""
+    entry = (manifest.get("stages") or {}).get("judge")
+    if entry is None:
+        return None
+    key = entry.get("key") if isinstance(entry, dict) else None
+    if not isinstance(key, str) or not key:
+        raise UsageError(f"{manifest_path}: field 'stages.judge.key' = {key!r}, expected the judge stage key "
+                         "(a non-empty string)")
+    return key
 
 
 def _verdicts_from_judgments(judgments: pd.DataFrame) -> pd.DataFrame:

@@ -88,7 +88,7 @@ class Pipeline:
     def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
         key = self.stage_key(name, key_material)
         directory = self.store.stage_dir(name, key)
-        self.manifest["stages"][name] = {"key": key, "dir": str(directory.relative_to(self.run_dir))}
+        self.manifest["stages"][name] = self.store.stage_record(name, key)
         if self.store.stage_done(name, key):
             self.log(f"[skip] {name} ({key}): already done")
             self.skipped.append(name)
@@ -331,7 +331,8 @@ class Pipeline:
         settings = {k: v for k, v in judge_config.items() if k != "enabled"}
         evaluations = self.manifest["evaluations"]
         key = judge_stage_key(settings, evaluations)
-        self.manifest["stages"]["judge"] = {"key": key, "dir": str(self.store.stage_dir("judge", key).relative_to(self.run_dir))}
+        # The report reads only this stage's verdicts (metrics.read_judge_verdicts).
+        self.manifest["stages"]["judge"] = self.store.stage_record("judge", key)
         if self.store.stage_done("judge", key):
             self.log(f"[skip] judge ({key}): already done")
             self.skipped.append("judge")

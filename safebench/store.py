@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
@@ -213,6 +213,19 @@ class RunStore:
 
             raise UsageError(f"{self.run_dir}: not a safebench run directory (no manifest.json)")
         return json.loads(self.manifest_path.read_text())
+
+    def stage_record(self, name: str, key: str) -> dict:
+        """How the manifest names a stage: its key and its directory relative to the run."""
+        return {"key": key, "dir": str(self.stage_dir(name, key).relative_to(self.run_dir))}
+
+    def update_manifest(self, change: Callable[[dict], None]) -> dict:
+        """Read the manifest, let `change` edit it in place, write it back atomically; for
+        commands that amend a finished run (e.g. `safebench judge`), not for the pipeline,
+        which holds the whole manifest itself."""
+        manifest = self.manifest()
+        change(manifest)
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
 
     def results(self):
         """Scored samples of the evaluations this run's manifest names, as a DataFrame.

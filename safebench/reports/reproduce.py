@@ -18,7 +18,7 @@ import pandas as pd
 
 from safebench import metrics, registry
 from safebench.errors import UsageError
-from safebench.reports.runs import REPORTS_ROOT, load_run
+from safebench.reports.runs import BASELINE_METHOD, REPORTS_ROOT, load_run
 from safebench.store import atomic_write_text
 
 REFERENCE_DIR = REPORTS_ROOT / "reference"
@@ -89,6 +89,12 @@ def our_values(reference: dict, run_dir: Path, *, n_boot: int, seed: int) -> lis
     out = []
     for row in reference["rows"]:
         ours = {"value": math.nan, "low": math.nan, "high": math.nan}
+        if metric == "win_rate" and row["method"] == BASELINE_METHOD:
+            # The baseline is never judged against itself: its win rate against itself is 1/2
+            # by definition, with no interval, so it takes no part in the interval check.
+            out.append({**row, "ours": {**ours, "value": 0.5}, "diff": 0.5 - row["value"], "inside": None,
+                        "by_definition": True})
+            continue
         if metric in SUMMARY_METRICS:
             mine = results[results["method"] == row["method"]]
             if len(mine):
@@ -156,9 +162,15 @@ def render(reference: dict, rows: list[dict], run_dir: Path, preset: str) -> str
         cells = [r["method"], r.get("label", r["method"])]
         if len(header) == 7:
             cells.append(str(r.get("criterion", "")))
-        ours_text = "not in this run" if math.isnan(ours["value"]) else f"{fmt(ours['value'])} [{fmt(ours['low'])}, {fmt(ours['high'])}]"
+        if r.get("by_definition"):
+            ours_text = f"{fmt(ours['value'])} (by definition)"
+        elif math.isnan(ours["value"]):
+            ours_text = "not in this run"
+        else:
+            ours_text = f"{fmt(ours['value'])} [{fmt(ours['low'])}, {fmt(ours['high'])}]"
         diff_text = "n/a" if math.isnan(r["diff"]) else (f"{100 * r['diff']:+.2f} pp" if percent else f"{r['diff']:+.3f}")
-        cells += [fmt(r["value"]), ours_text, diff_text, "yes" if r["inside"] else "no"]
+        inside_text = "n/a" if r["inside"] is None else "yes" if r["inside"] else "no"
+        cells += [fmt(r["value"]), ours_text, diff_text, inside_text]
         table.append(cells)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for j, row in enumerate(table):
@@ -172,6 +184,10 @@ def render(reference: dict, rows: list[dict], run_dir: Path, preset: str) -> str
                      + (f"; differing: {'; '.join(disagreements)}" if disagreements else ""))
     else:
         lines.append("order: no pair of methods with values on both sides to compare")
+    by_definition = sorted({r["method"] for r in rows if r.get("by_definition")})
+    if by_definition:
+        lines.append(f"{', '.join(by_definition)}: the baseline's win rate against itself is 0.5 by definition "
+                     "(never judged); not in the interval check, kept in the order comparison")
     missing = sorted({r["method"] for r in rows if math.isnan(r["ours"]["value"])})
     if missing:
         what = "judge verdicts" if reference["metric"] in JUDGE_METRICS else "samples"

@@ -33,6 +33,7 @@ class RunData:
     curves: pd.DataFrame           # method, step, name, value plus `run`
     verdicts: pd.DataFrame | None  # judge verdicts, None when the run has none
     suites: dict[str, str]         # suite name -> kind, from the manifest's evaluations
+    judge_note: str | None = None  # how the verdicts were chosen, when that needs saying
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
@@ -62,8 +63,31 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     results = results.assign(run=label)
     curves = curves.assign(run=label)
     suites = {ev["suite"]: ev.get("kind") or "" for ev in evaluations}
-    verdicts = metrics.read_judge_verdicts(run_dir / "results.sqlite")
-    return RunData(label, run_dir, manifest, results, curves, verdicts, suites)
+    verdicts, judge_note = _judge_verdicts(run_dir, manifest)
+    return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note)
+
+
+def _judge_verdicts(run_dir: Path, manifest: dict) -> tuple[pd.DataFrame | None, str | None]:
+    """The verdicts of the judge stage the manifest records, never those of other stages.
+
+    A manifest that records no judge stage (a run directory from before `safebench judge`
+    recorded its stage) but whose database holds judgments: one judge stage there is taken,
+    with a note saying so; several are not pooled, nor is one picked by guess: no verdicts,
+    and a note saying how to choose."""
+    db_path = run_dir / "results.sqlite"
+    key = metrics.recorded_judge_stage(manifest, run_dir / "manifest.json")
+    if key is not None:
+        return metrics.read_judge_verdicts(db_path, [key]), None
+    present = metrics.judge_stage_keys_in(db_path)
+    if not present:
+        return metrics.read_judge_verdicts(db_path, []), None
+    if len(present) == 1:
+        return metrics.read_judge_verdicts(db_path, present), (
+            f"manifest.json records no judge stage; the judge verdicts are those of the only judge stage "
+            f"in results.sqlite ({present[0]}).")
+    return None, (f"manifest.json records no judge stage and results.sqlite holds verdicts of {len(present)} "
+                  f"judge stages ({', '.join(present)}): none are shown rather than pooled; "
+                  f"`safebench judge {run_dir}` judges the run and records its stage.")
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunData]:
@@ -239,6 +263,8 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
             f"(first {metrics.REFUSAL_WINDOW_CHARS} characters, list in safebench/metrics.py).",
             "Paired tests use the prompts both methods answered; a prompt is safe when all its samples are. "
             "McNemar: exact binomial test on discordant prompts. Means: paired bootstrap, diff = candidate - baseline.",
+            *(f"Judge ({run.label}): {run.judge_note}" if several else f"Judge: {run.judge_note}"
+              for run in runs if run.judge_note),
         ],
         tables=[],
         examples=_examples(results),

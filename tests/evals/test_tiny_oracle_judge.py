@@ -146,6 +146,17 @@ def test_stage_key_names_the_oracle_judge_not_its_port():
     assert parse_judge_config({"endpoint": "tiny-oracle"}).identity()["oracle"] == tiny_oracle_judge.oracle_fingerprint()
 
 
+def test_a_url_judge_records_and_keys_its_url_as_before():
+    """Nulling the oracle judge's base_url leaves URL judges alone: the default is still
+    recorded, and a config that names the default URL keeps the key of one that omits it."""
+    evaluations = [{"method": "sft", "suite": "s", "gen_key": "g"}]
+    assert parse_judge_config({}).recorded()["base_url"] == "https://api.openai.com/v1"
+    assert judge_stage_key({}, evaluations) == judge_stage_key({"base_url": "https://api.openai.com/v1"}, evaluations)
+    assert judge_stage_key({}, evaluations) != judge_stage_key({"base_url": "http://127.0.0.1:8000/v1"}, evaluations)
+    with pytest.raises(UsageError, match=r"field 'judge.base_url' = None: endpoint 'url' needs the judge's URL"):
+        parse_judge_config({"base_url": None})
+
+
 def test_judge_stage_starts_the_oracle_judge_and_stops_it(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "run")
     evaluations, rows = [], []
@@ -174,6 +185,8 @@ def test_judge_stage_starts_the_oracle_judge_and_stops_it(tmp_path, monkeypatch)
     rates = {m["criterion"]: m["win_rate"] for m in summary["metrics"] if "win_rate" in m}
     assert rates == {"harmlessness": 1.0, "helpfulness": 0.0}
     assert {r[0] for r in store.db.execute("SELECT judge_model FROM judge_judgments")} == {"tiny-oracle-judge"}
+    # What the run records: the oracle judge at no configured URL, not the default OpenAI one.
+    assert summary["judge"]["endpoint"] == "tiny-oracle" and summary["judge"]["base_url"] is None
     (server,) = started
     assert server.process.poll() is not None  # the server process has exited ...
     with pytest.raises(ProcessLookupError):
@@ -240,8 +253,47 @@ def test_run_config_and_the_sacpo_table_name_the_oracle_judge():
 
     config, _ = config_module.resolve("tiny", ["sft"], ["judge={endpoint: tiny-oracle, protocols: [pairwise]}"])
     assert config.judge["endpoint"] == "tiny-oracle" and config.judge["model"] == "tiny-oracle-judge"
+    assert config.judge["base_url"] is None  # the stage starts its own server; no URL is configured
     table = load_reference("sacpo-table3")
     judge = parse_judge_config(table["run"]["judge"]["tiny"])
     assert judge.endpoint == "tiny-oracle" and judge.protocols == ["pairwise"]
     assert set(judge.pairwise_criteria) == {row["criterion"] for row in table["rows"]}
     assert "paper" not in table["run"]["judge"]  # the paper preset keeps its GPT-4 judge
+
+
+@pytest.mark.slow
+def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, tmp_path):
+    """`safebench judge` records its stage in the manifest: after judging a copy of the tiny
+    run with one judge and then another, the report and the metrics see only the second
+    one's verdicts (safe_rlhf_score's criteria first, then harmful_verdict's 'harm')."""
+    from safebench import metrics
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    keys = []
+    for protocol in ("safe_rlhf_score", "harmful_verdict"):
+        result = run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle",
+                         "--set", f"protocols=[{protocol}]", "--set", "repeats=1",
+                         "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+        assert result.returncode == 0, result.stderr
+        keys.append(result.stdout.split("judge stage ", 1)[1].split(":", 1)[0])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert len(set(keys)) == 2 and manifest["stages"]["judge"]["key"] == keys[1]
+    assert manifest["judge"]["judge"]["protocols"] == ["harmful_verdict"]
+    assert manifest["judge"]["judge"]["base_url"] is None
+    assert manifest["stages"]["sft"] == json.loads((tiny_run / "manifest.json").read_text())["stages"]["sft"]
+
+    with sqlite3.connect(run / "results.sqlite") as db:
+        assert {k for (k,) in db.execute("SELECT DISTINCT stage_key FROM judge_judgments")} == set(keys)
+        n_samples = sum(db.execute("SELECT COUNT(*) FROM samples WHERE gen_key=?", (ev["gen_key"],)).fetchone()[0]
+                        for ev in manifest["evaluations"])
+    verdicts = metrics.read_judge_verdicts(run / "results.sqlite", [manifest["stages"]["judge"]["key"]])
+    assert set(verdicts["protocol"]) == {"harmful_verdict"} and set(verdicts["criterion"]) == {"harm"}
+    assert len(verdicts) == n_samples  # one harm verdict per sample (repeats=1), none of the first judge's
+
+    result = run_cli("report", str(run))
+    assert result.returncode == 0, result.stderr
+    judge_section = (run / "report.md").read_text(encoding="utf-8").split("## LLM judge", 1)[1].split("\n## ", 1)[0]
+    assert "harmlessness" not in judge_section and "helpfulness" not in judge_section
+    sft_row = next(line for line in judge_section.splitlines() if line.startswith("| sft | harm |"))
+    assert int(sft_row.split("|")[3]) == n_samples

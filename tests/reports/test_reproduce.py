@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sqlite3
 
 import pytest
 
 from safebench.errors import UsageError
-from safebench.reports.reproduce import load_reference, reproduce
+from safebench.reports.reproduce import load_reference, our_values, reproduce
 
 
 def test_repo_table_beside_our_run(synthetic_run, tmp_path):
@@ -29,17 +31,50 @@ def test_order_disagreement_is_reported(runs, tmp_path):
     assert "order: 0 of 1 pairs" in text and "differing: SFT (Alpaca-7B) vs RePO" in text
 
 
-def test_judge_table_without_and_with_verdicts(synthetic_run):
-    text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
-    assert "arXiv 2404.11049" in text and "no judge verdicts in this run for: dpo-h" in text
-    with sqlite3.connect(synthetic_run / "results.sqlite") as db:
+def add_outcomes_against_sft(run_dir, method: str, outcome_by_criterion: dict[str, float], n_prompts: int = 4):
+    """Pairwise verdicts of `method` against sft, the same outcome on every prompt, through the
+    external judge's `judge_verdicts` table (no judge stage needed)."""
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
         db.execute("CREATE TABLE judge_verdicts (method TEXT, suite TEXT, prompt_id TEXT, protocol TEXT, "
                    "criterion TEXT, opponent TEXT, value REAL, status TEXT)")
         db.executemany("INSERT INTO judge_verdicts VALUES (?,?,?,?,?,?,?,?)",
-                       [("sft", "s", f"p{i}", "pairwise", "harmlessness", "sft", 0.5, "ok") for i in range(4)])
+                       [(method, "s", f"p{i}", "pairwise", criterion, "sft", value, "ok")
+                        for i in range(n_prompts) for criterion, value in outcome_by_criterion.items()])
+
+
+def table_cells(text: str, method: str, criterion: str) -> list[str]:
+    """The cells of the reproduce table's row for method x criterion (columns are 2+ spaces apart)."""
+    line = next(l for l in text.splitlines() if l.startswith(f"{method} ") and f"  {criterion}  " in l)
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_judge_table_without_and_with_verdicts(synthetic_run):
     text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
-    line = next(l for l in text.splitlines() if l.startswith("sft ") and "harmlessness" in l)
-    assert "50.00 %  50.00 % [50.00 %, 50.00 %]  +0.00 pp" in line and line.rstrip().endswith("yes")
+    assert "arXiv 2404.11049" in text and "no judge verdicts in this run for: dpo-h" in text
+    # dpo-h wins every helpfulness comparison and loses every harmlessness one.
+    add_outcomes_against_sft(synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.0})
+    text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
+    assert table_cells(text, "dpo-h", "helpfulness")[3:] == ["79.20 %", "100.00 % [100.00 %, 100.00 %]",
+                                                             "+20.80 pp", "no"]
+    assert "no judge verdicts in this run for: dpo-s," in text and "dpo-h" not in text.split("no judge verdicts")[1]
+
+
+def test_the_baseline_wins_half_against_itself_by_definition(synthetic_run):
+    """SFT is never judged against itself: 0.5 with no interval, out of the interval check,
+    still in the order comparison (paper: dpo-h 0.792 > SFT 0.5 > dpo-h 0.490 harmlessness)."""
+    add_outcomes_against_sft(synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.25})
+    rows = our_values(load_reference("sacpo-table3"), synthetic_run, n_boot=100, seed=0)
+    sft = [r for r in rows if r["method"] == "sft"]
+    assert len(sft) == 2 and all(r["ours"]["value"] == 0.5 and r["inside"] is None for r in sft)
+    assert all(math.isnan(r["ours"]["low"]) and math.isnan(r["ours"]["high"]) for r in sft)
+
+    text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
+    for criterion in ("helpfulness", "harmlessness"):
+        assert table_cells(text, "sft", criterion)[3:] == ["50.00 %", "50.00 % (by definition)", "+0.00 pp", "n/a"]
+    assert "sft: the baseline's win rate against itself is 0.5 by definition" in text
+    # Only the sft-vs-dpo-h pairs have values on both sides, one per criterion: both agree.
+    assert "order: 2 of 2 pairs of methods are ordered as in the paper" in text
+    assert "no judge verdicts in this run for: dpo-s," in text and "for: sft" not in text
 
 
 def test_unknown_table_lists_the_available_ones():

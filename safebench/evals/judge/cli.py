@@ -95,7 +95,9 @@ def handle_judge(args) -> int:
     store = RunStore(run_dir)
     try:
         manifest = store.manifest()
-        base = _load_yaml(args.config) if args.config else (manifest.get("config", {}).get("judge") or {})
+        recorded = manifest.get("config", {}).get("judge") or {}
+        # `enabled` is the pipeline's switch for the stage, not a judge setting.
+        base = _load_yaml(args.config) if args.config else {k: v for k, v in recorded.items() if k != "enabled"}
         data = _apply_overrides(base, args.set, args.max_judge_cost)
         parse_judge_config(data, source=args.config or f"{run_dir}/manifest.json")
         evaluations = manifest.get("evaluations", [])
@@ -107,6 +109,14 @@ def handle_judge(args) -> int:
         if summary["complete"]:
             store.mark_done("judge", key, {"summary_counts": summary["counts"],
                                            "cost_usd_total": summary["cost_usd_total"]})
+        # Recorded once the stage has run (even in part), as the pipeline records its judge:
+        # reports read only the verdicts of the judge stage the manifest names, so from now on
+        # this judge's, not an earlier one's. A failure before any verdict keeps the old record.
+        def record_judge(manifest: dict) -> None:
+            manifest.setdefault("stages", {})["judge"] = store.stage_record("judge", key)
+            manifest["judge"] = summary
+
+        store.update_manifest(record_judge)
     finally:
         store.close()
     print(format_summary(summary))

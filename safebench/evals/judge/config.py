@@ -20,6 +20,7 @@ PROTOCOLS = ("safe_rlhf_score", "pairwise", "harmful_verdict")
 PAIRWISE_CRITERIA = ("helpfulness", "harmlessness")
 # The tiny world's oracle judge (safebench/evals/judge/tiny_oracle_judge.py): endpoint and model id.
 TINY_ORACLE_ENDPOINT, TINY_ORACLE_MODEL = "tiny-oracle", "tiny-oracle-judge"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 class Price(BaseModel):
@@ -35,9 +36,10 @@ class JudgeConfig(BaseModel):
 
     # "url": the judge at base_url. "tiny-oracle": the tiny world's ground truth behind the same
     # OpenAI interface (safebench/evals/judge/tiny_oracle_judge.py, not an LLM); the judge stage
-    # starts it on loopback for its duration and base_url is not used.
+    # starts it on a loopback port of its own for its duration: base_url is null (not used, and
+    # so not recorded as if it were).
     endpoint: Literal["url", "tiny-oracle"] = "url"
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str | None = DEFAULT_BASE_URL
     # Pinned snapshot, as SACPO did; an alias such as "gpt-4" changes under the run.
     model: str = "gpt-4-0125-preview"
     api_key_env: str = "OPENAI_API_KEY"
@@ -71,8 +73,10 @@ class JudgeConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _oracle_judge_model(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("endpoint") == TINY_ORACLE_ENDPOINT and "model" not in data:
-            return {**data, "model": TINY_ORACLE_MODEL}
+        if isinstance(data, dict) and data.get("endpoint") == TINY_ORACLE_ENDPOINT:
+            # Any base_url given (e.g. a config that used to record the default) is dropped:
+            # the oracle judge is always the server the stage starts itself.
+            return {"model": TINY_ORACLE_MODEL, **data, "base_url": None}
         return data
 
     @model_validator(mode="after")
@@ -84,6 +88,9 @@ class JudgeConfig(BaseModel):
             )
         if not self.protocols:
             raise ValueError("protocols is empty; choose from " + ", ".join(PROTOCOLS))
+        if self.endpoint != TINY_ORACLE_ENDPOINT and not self.base_url:
+            raise ValueError(f"field 'judge.base_url' = {self.base_url!r}: endpoint 'url' needs the judge's URL, "
+                             f"e.g. {DEFAULT_BASE_URL}")
         if self.endpoint == TINY_ORACLE_ENDPOINT and self.model != TINY_ORACLE_MODEL:
             raise ValueError(f"field 'judge.model' = {self.model!r}: endpoint '{TINY_ORACLE_ENDPOINT}' "
                              f"serves only '{TINY_ORACLE_MODEL}'")
