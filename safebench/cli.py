@@ -50,6 +50,13 @@ def judge_overrides(args) -> list[str]:
     return [] if args.max_judge_cost is None else [f"judge.max_cost={args.max_judge_cost}"]
 
 
+def choose_threads(config) -> None:
+    """torch's thread count for this run's policy, unless the user set one (safebench/threads.py)."""
+    from safebench import threads
+
+    threads.configure(threads.policy_parameters(config.policy))
+
+
 def cmd_run(args) -> int:
     from safebench import config as config_module
     from safebench.pipeline import run_pipeline
@@ -60,6 +67,7 @@ def cmd_run(args) -> int:
             raise UsageError("--max-judge-cost: this run has no judge (set judge.base_url and judge.model, "
                              "or use a preset with a judge block)")
         config, recipes = config_module.resolve(args.preset, args.methods, [*args.overrides, *judge_overrides(args)])
+    choose_threads(config)
     out = args.out or Path("runs") / args.preset
     manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
     summary = (out / "summary.md").read_text()
@@ -77,6 +85,7 @@ def cmd_train(args) -> int:
     from safebench.pipeline import run_pipeline
 
     config, recipes = config_module.resolve(args.preset, [args.method], [*args.overrides, "suites=[]"])
+    choose_threads(config)
     out = args.out or Path("runs") / args.preset
     manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
     print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
@@ -92,6 +101,7 @@ def cmd_score(args) -> int:
     manifest = RunStore(args.run).manifest()
     cfg = manifest["config"]
     config, recipes = config_module.resolve(cfg["preset"], cfg["methods"], args.overrides)
+    choose_threads(config)
     run_pipeline(config, recipes, args.run, quiet=args.quiet)
     print((Path(args.run) / "summary.md").read_text())
     return 0

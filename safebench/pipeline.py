@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, registry
+from safebench import __version__, data as data_module, registry, threads
 from safebench.config import RunConfig
 from safebench.evals import suites as suites_module
 from safebench.evals.generation import GenerationConfig, run_generation
@@ -73,7 +73,8 @@ class Pipeline:
         self.manifest = {
             "safebench_version": __version__, "status": "running", "preset": config.preset,
             "config": config.model_dump(mode="json"), "config_hash": config.hash(),
-            "git": git_state(), "versions": versions(), "seeds": {"run": config.seed},
+            "git": git_state(), "versions": versions(), "environment": threads.record(),
+            "seeds": {"run": config.seed},
             "assets": {}, "stages": {}, "methods": {}, "evaluations": [], "timings": {},
         }
         self.data_dir: Path | None = None

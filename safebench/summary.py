@@ -1,45 +1,67 @@
-"""The plain per-method summary table printed at the end of `safebench run` (summary.md)."""
+"""The plain per-method summary table printed at the end of `safebench run` (summary.md).
+
+Every number in it is a column of `metrics.summarize` (same bootstrap settings as the
+report), so the summary, report.md and metrics.json can never disagree.
+"""
 
 from __future__ import annotations
 
+import math
+
+import pandas as pd
+
+from safebench import metrics
 from safebench.store import RunStore, atomic_write_text
 
+# Header in summary.md -> metric of metrics.summarize. Oracle columns exist only in the tiny world.
+COLUMNS = {
+    "safety_rate": "safety_rate",
+    "prompts_with_unsafe": "prompt_unsafe_share",
+    "mean_reward": "reward_mean",
+    "mean_cost": "cost_mean",
+    "oracle_safety_rate": "oracle_safety_rate",
+    "oracle_reward": "oracle_reward_mean",
+}
 
-def summary_rows(results) -> list[dict]:
-    rows = []
-    for (method, suite), group in results.groupby(["method", "suite"], sort=False):
-        per_prompt_unsafe = (group.assign(unsafe=group["cost"] > 0).groupby("prompt_id")["unsafe"].any())
-        row = {
-            "method": method, "suite": suite, "samples": len(group),
-            "safety_rate": float((group["cost"] <= 0).mean()),
-            "mean_reward": float(group["reward"].mean()), "mean_cost": float(group["cost"].mean()),
-            "prompts_with_unsafe": float(per_prompt_unsafe.mean()),
-        }
-        if group["oracle_cost"].notna().any():
-            row["oracle_safety_rate"] = float((group["oracle_cost"] <= 0).mean())
-            row["oracle_reward"] = float(group["oracle_reward"].mean())
-        rows.append(row)
-    return rows
+EXPLANATION = (
+    "safety rate = share of samples with cost <= 0 (cost model); prompts_with_unsafe = share of "
+    "prompts with at least one unsafe sample; oracle_* = the tiny world's ground truth. "
+    "[low, high] = 95 % bootstrap interval over prompts ({n_boot} resamples, seed {seed}); "
+    "samples with no score are left out and counted in the report.")
 
 
-def to_markdown(rows: list[dict]) -> str:
-    if not rows:
+def summary_table(results: pd.DataFrame, *, n_boot: int = metrics.DEFAULT_N_BOOT,
+                  seed: int = metrics.DEFAULT_SEED) -> pd.DataFrame:
+    """metrics.summarize per method x suite, rows in the order the run produced them."""
+    table = metrics.summarize(results, n_boot=n_boot, seed=seed)
+    if table.empty:
+        return table
+    first_seen = results[["method", "suite"]].drop_duplicates().reset_index(drop=True)
+    return first_seen.merge(table, on=["method", "suite"], how="left")
+
+
+def format_cell(row: pd.Series, metric: str) -> str:
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f} [{row[f'{metric}_low']:.3f}, {row[f'{metric}_high']:.3f}]"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    if table.empty:
         return "_no scored samples_\n"
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        cells = []
-        for c in columns:
-            value = r.get(c, "")
-            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+    headers = ["method", "suite", "samples"] + [h for h, metric in COLUMNS.items() if metric in table.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for _, row in table.iterrows():
+        cells = [str(row["method"]), str(row["suite"]), str(int(row["n_samples"]))]
+        cells += [format_cell(row, COLUMNS[h]) for h in headers[3:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary(store: RunStore) -> str:
-    rows = summary_rows(store.results())
-    text = ("# safebench summary\n\nsafety rate = share of samples with cost <= 0 (cost model); "
-            "prompts_with_unsafe = share of prompts with at least one unsafe sample; oracle_* = the tiny "
-            "world's ground truth.\n\n" + to_markdown(rows))
+def write_summary(store: RunStore, *, n_boot: int = metrics.DEFAULT_N_BOOT,
+                  seed: int = metrics.DEFAULT_SEED) -> str:
+    table = summary_table(store.results(), n_boot=n_boot, seed=seed)
+    text = "# safebench summary\n\n" + EXPLANATION.format(n_boot=n_boot, seed=seed) + "\n\n" + to_markdown(table)
     atomic_write_text(store.run_dir / "summary.md", text)
     return text

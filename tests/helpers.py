@@ -19,3 +19,6 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env: dict 
     if check and result.returncode != 0:
         raise AssertionError(f"safebench {' '.join(args)} exited {result.returncode}:\n{result.stderr[-3000:]}")
     return result
+
+# The name under which tests/evals/conftest.py serves the tiny SFT policy (vLLM's OpenAI server).
+TINY_SERVED_MODEL = "tiny-sft"

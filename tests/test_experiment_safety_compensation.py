@@ -11,6 +11,7 @@ either method fails here:
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 
@@ -34,11 +35,14 @@ def _experiment_module():
 
 
 @pytest.mark.slow
-def test_ppo_lag_compensates_and_repo_does_not(tmp_path):
-    run_dir = tmp_path / "run"
+def test_ppo_lag_compensates_and_repo_does_not(tiny_run, tmp_path):
+    # A copy of the session's tiny run: its data, SFT, reward and cost stages have the same
+    # keys here and are reused, as a rerun of the recorded command would reuse them.
+    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
     # one thread: faster on a shared CPU, and the same arithmetic as the recorded run
-    run_cli("run", "--methods", "sft,ppo-lag,repo", "--preset", "tiny", "--quiet", "--out", str(run_dir),
-            check=True, env={"OMP_NUM_THREADS": "1"}, timeout=1800)
+    result = run_cli("run", "--methods", "sft,ppo-lag,repo", "--preset", "tiny", "--quiet", "--out", str(run_dir),
+                     check=True, env={"OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert "[skip] sft " in result.stderr and "[skip] cost-model " in result.stderr  # the copy saved their training
     metrics = _experiment_module().experiment_metrics(run_dir)
     sft, lag, repo = metrics["sft"], metrics["ppo-lag"], metrics["repo"]
     assert sft["samples_per_prompt"] == lag["samples_per_prompt"] == repo["samples_per_prompt"] >= 4

@@ -75,6 +75,10 @@ def cmd_generate(args) -> int:
     generation = GenerationConfig.model_validate(config.generation)
     template = generation.template or config.policy.template
     model_identity, model_config = identify_model(args.model, generation)
+    if model_config is not None:   # a local checkpoint: torch's threads for its size (safebench/threads.py)
+        from safebench import threads
+
+        threads.configure(threads.estimate_parameters(model_config))
     label = args.name or default_label(args.model)
     suites = [suites_module.load_suite(name) for name in args.suite]
 

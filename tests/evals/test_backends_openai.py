@@ -1,6 +1,7 @@
 """The openai backend against the real vLLM OpenAI-compatible server that `serving()`
-(the code behind `safebench serve`) starts on loopback: greedy answers equal HF's, with
-the plain template (completions endpoint) and the chat template (chat completions)."""
+(the code behind `safebench serve`) starts on loopback (shared with the judge tests:
+tests/evals/conftest.py): greedy answers equal HF's for the same checkpoint, with the plain
+template (completions endpoint) and the chat template (chat completions)."""
 
 from __future__ import annotations
 
@@ -15,25 +16,21 @@ pytest.importorskip("vllm", reason="the vllm extra is not installed (scripts/ins
 
 
 @pytest.mark.slow
-def test_openai_backend_against_served_checkpoint(tiny_checkpoints, tmp_path, capsys):
-    from safebench.evals.serve import serving
-
-    policy = tiny_checkpoints["policy"]
+def test_openai_backend_against_served_checkpoint(tiny_policy_server, long_context_tiny_policy, tmp_path, capsys):
+    server, policy = tiny_policy_server, long_context_tiny_policy
     common = ["--suite", "tiny-harmful,tiny-benign", "--limit", "24", "--quiet",
               "--set", "generation.temperature=0", "--set", "generation.k=1", "--set", "generation.max_new_tokens=32"]
-    with serving(policy) as server:
-        assert server.host == "127.0.0.1" and server.base_url.startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(f"{server.base_url}/models", timeout=10) as reply:
-            assert server.model in reply.read().decode()
-        for template in ("plain", "chat"):
-            assert main(["generate", "--model", server.model, "--backend", "openai", "--out", str(tmp_path / f"openai-{template}"),
-                         "--set", f"generation.base_url={server.base_url}", "--set", f"generation.template={template}",
-                         *common]) == 0
-        # a model the server does not serve is a usage error naming what it serves
-        assert main(["generate", "--model", "other-model", "--backend", "openai", "--out", str(tmp_path / "x"),
-                     "--set", f"generation.base_url={server.base_url}", *common]) == 2
-        assert server.model in capsys.readouterr().err
-    assert server.process.poll() is not None   # stopped on leaving the block
+    assert server.host == "127.0.0.1" and server.base_url.startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(f"{server.base_url}/models", timeout=10) as reply:
+        assert server.model in reply.read().decode()
+    for template in ("plain", "chat"):
+        assert main(["generate", "--model", server.model, "--backend", "openai", "--out", str(tmp_path / f"openai-{template}"),
+                     "--set", f"generation.base_url={server.base_url}", "--set", f"generation.template={template}",
+                     *common]) == 0
+    # a model the server does not serve is a usage error naming what it serves
+    assert main(["generate", "--model", "other-model", "--backend", "openai", "--out", str(tmp_path / "x"),
+                 "--set", f"generation.base_url={server.base_url}", *common]) == 2
+    assert server.model in capsys.readouterr().err
 
     for template in ("plain", "chat"):
         assert main(["generate", "--model", str(policy), "--backend", "hf", "--out", str(tmp_path / f"hf-{template}"),

@@ -1,4 +1,5 @@
-"""The judge against vLLM's real OpenAI-compatible server (tiny checkpoint) on 127.0.0.1.
+"""The judge against vLLM's real OpenAI-compatible server (the tiny SFT checkpoint, shared
+with the backend tests: tests/evals/conftest.py) on 127.0.0.1.
 
 Faults the real server will not produce on demand come from the FAULT INJECTOR proxy
 (tests/evals/judge_fault_injector.py) placed in front of it.
@@ -7,7 +8,6 @@ Faults the real server will not produce on demand come from the FAULT INJECTOR p
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -21,56 +21,10 @@ from judge_fault_injector import FaultInjectingProxy  # noqa: E402
 
 from safebench.evals.judge.stage import run_judge_stage  # noqa: E402
 from safebench.store import RunStore  # noqa: E402
+from tests.helpers import TINY_SERVED_MODEL  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL_NAME = "tiny-judge"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """One real vLLM server for the whole session, serving the tiny world's checkpoint.
-
-    SAFEBENCH_TEST_JUDGE_SERVER=http://127.0.0.1:PORT reuses a server already serving the
-    tiny checkpoint as 'tiny-judge' (saves its start-up when iterating).
-    """
-    if os.environ.get("SAFEBENCH_TEST_JUDGE_SERVER"):
-        yield os.environ["SAFEBENCH_TEST_JUDGE_SERVER"].rstrip("/")
-        return
-    from safebench.world.tiny import make_tiny_policy_checkpoint
-
-    model_dir = make_tiny_policy_checkpoint(tmp_path_factory.mktemp("judge-model"), seed=0,
-                                            max_position_embeddings=2048)
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("vllm-log") / "server.log", "w")
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", MODEL_NAME, "--port", str(port), "--host", "127.0.0.1",
-         "--enforce-eager", "--max-model-len", "2048", "--dtype", "bfloat16"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
-    import urllib.request
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"vLLM server did not start; see {log.name}")
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+MODEL_NAME = TINY_SERVED_MODEL  # served by the `vllm_server` fixture of tests/evals/conftest.py
 
 
 @pytest.fixture()
