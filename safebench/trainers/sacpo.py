@@ -72,6 +72,11 @@ class Recipe(RecipeBase):
     beta_over_lambda: float = Field(0.025, gt=0)
     epochs: float = Field(3, gt=0)
     lr: float = Field(2e-5, gt=0)
+    # the second step's epochs and learning rate; None = `epochs` / `lr` (the published scripts use
+    # one setting for both). Apart so that a small model can train the second step until its
+    # coefficient β/λ binds without pushing the first step into degenerate text.
+    second_epochs: float | None = Field(None, gt=0)
+    second_lr: float | None = Field(None, gt=0)
     scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)            # (choice) TRL / HF default
@@ -112,7 +117,10 @@ class Recipe(RecipeBase):
         """The steps in the order they run: which preference, which loss, which coefficient."""
         losses = {"helpfulness": self.helpfulness_loss, "safety": self.safety_loss}
         betas = [self.beta, self.beta_over_lambda]
-        return [{"name": name, "loss": losses[name], "beta": beta} for name, beta in zip(self.step_names(), betas)]
+        epochs = [self.epochs, self.second_epochs or self.epochs]
+        lrs = [self.lr, self.second_lr or self.lr]
+        return [{"name": name, "loss": losses[name], "beta": beta, "epochs": n, "lr": lr}
+                for name, beta, n, lr in zip(self.step_names(), betas, epochs, lrs)]
 
 
 # --- data: PKU-SafeRLHF records -> tokenised pairs (one path with SFT and the score models) ----
@@ -239,10 +247,10 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
 
     dpo_cls, kto_cls = _trainer_classes()
     common = dict(
-        output_dir=str(output_dir), num_train_epochs=recipe.epochs,
+        output_dir=str(output_dir), num_train_epochs=step["epochs"],
         per_device_train_batch_size=recipe.micro_batch_size,
         gradient_accumulation_steps=recipe.batch_size // recipe.micro_batch_size,
-        learning_rate=recipe.lr, lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
+        learning_rate=step["lr"], lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
         precompute_ref_log_probs=True, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
         logging_steps=1, save_strategy="steps", save_steps=recipe.checkpoint_every, save_total_limit=1,

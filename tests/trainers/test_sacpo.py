@@ -225,6 +225,17 @@ def test_rerun_reuses_finished_steps(monkeypatch, helpfulness_first):
     assert (rerun.out_dir / "steps" / "safety" / "model.safetensors").exists()
 
 
+def test_second_step_takes_its_own_epochs_and_lr_and_falls_back_to_the_first_steps(tmp_path, policy_dir):
+    assert [(s["epochs"], s["lr"]) for s in _recipe().step_plan()] == [(1, 5e-2), (1, 5e-2)]
+    recipe = _recipe(second_epochs=2, second_lr=3e-4)
+    assert [(s["name"], s["epochs"], s["lr"]) for s in recipe.step_plan()] == \
+        [("helpfulness", 1, 5e-2), ("safety", 2, 3e-4)]
+    ctx = _context(tmp_path, policy_dir, _records(4))
+    trainer = sacpo.build_trainer(ctx, recipe, recipe.step_plan()[1], modeling.load_policy(policy_dir),
+                                  modeling.load_tokenizer(policy_dir), tmp_path / "trainer")
+    assert (trainer.args.num_train_epochs, trainer.args.learning_rate) == (2, 3e-4)
+
+
 def test_only_runs_one_step_from_sft_and_equals_that_sacpo_step(monkeypatch, tmp_path, policy_dir, helpfulness_first):
     """DPO(H) / DPO(S) (recipes dpo-h, dpo-s) are one SACPO step from SFT, trained by the same code."""
     recipe = _recipe(only="helpfulness")
@@ -234,18 +245,20 @@ def test_only_runs_one_step_from_sft_and_equals_that_sacpo_step(monkeypatch, tmp
     final = load_file(ctx.out_dir / "model.safetensors")
     sacpo_first = load_file(helpfulness_first[0].out_dir / "steps" / "helpfulness" / "model.safetensors")
     assert all(torch.equal(final[k], sacpo_first[k]) for k in final)  # same data, seed, settings: same model
-    assert _recipe(only="safety").step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01}]  # DPO(S) β
+    assert _recipe(only="safety").step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01,
+                                                   "epochs": 1, "lr": 5e-2}]  # DPO(S) β
 
 
 def test_dpo_h_and_dpo_s_recipes_are_single_sacpo_steps_with_the_papers_betas():
     config, recipes = config_module.resolve("paper", ["dpo-h", "dpo-s", "sacpo"])
-    assert recipes["dpo-h"].step_plan() == [{"name": "helpfulness", "loss": "dpo", "beta": 0.1}]
-    assert recipes["dpo-s"].step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01}]
+    published = {"epochs": 3, "lr": 2e-5}
+    assert recipes["dpo-h"].step_plan() == [{"name": "helpfulness", "loss": "dpo", "beta": 0.1, **published}]
+    assert recipes["dpo-s"].step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01, **published}]
     for name in ("dpo-h", "dpo-s"):  # everything else is SACPO's published schedule
         assert (recipes[name].epochs, recipes[name].lr) == (recipes["sacpo"].epochs, recipes["sacpo"].lr) == (3, 2e-5)
     tiny = config_module.resolve("tiny", ["dpo-h", "dpo-s", "sacpo"])[1]
     assert tiny["dpo-s"].safety_loss == tiny["sacpo"].safety_loss == "kto"  # tiny: as sacpo's safety step
-    unused_by_dpo_h = {"only", "description", "beta_over_lambda", "safety_loss"}
+    unused_by_dpo_h = {"only", "description", "beta_over_lambda", "safety_loss", "second_epochs", "second_lr"}
     assert tiny["dpo-h"].model_dump(exclude=unused_by_dpo_h) == tiny["sacpo"].model_dump(exclude=unused_by_dpo_h)
 
 
