@@ -40,6 +40,10 @@ class DataConfig(StrictModel):
     hub_revision: str | None = "v0"
     hub_sft_dataset: str | None = None
     max_records: int | None = None
+    # Share of the preference data's prompts (all their pairs) kept out of training; the score
+    # models report accuracy on them (preference_heldout.jsonl). Not for tiny-world, whose oracle
+    # already grades every sample.
+    heldout_fraction: float = Field(0.0, ge=0, lt=1)
     # jsonl: local files in the PKU-SafeRLHF shape
     preference_file: str | None = None
     sft_file: str | None = None

@@ -22,6 +22,10 @@ def prepare(config: DataConfig, seed: int, out_dir: Path) -> dict:
     if config.source == "tiny-world":
         from safebench.world import tiny
 
+        if config.heldout_fraction:
+            raise UsageError(f"data.heldout_fraction = {config.heldout_fraction}: not supported for source "
+                             "'tiny-world' (its oracle grades every sample); set it to 0")
+
         return tiny.write_world(out_dir, seed, config.train_prompts, config.sft_responses_per_prompt,
                                 config.preference_pairs_per_prompt)
     if config.source == "pyrit-human-labels":
@@ -32,6 +36,7 @@ def prepare(config: DataConfig, seed: int, out_dir: Path) -> dict:
         records = _read_records(Path(config.preference_file))
     else:
         records = _hub_records(config)
+    records, heldout = split_heldout(records, config.heldout_fraction, seed)
     if config.max_records:
         records = records[: config.max_records]
     sft = _read_sft(Path(config.sft_file)) if config.sft_file else _sft_from_preference(records)
@@ -40,12 +45,34 @@ def prepare(config: DataConfig, seed: int, out_dir: Path) -> dict:
     write_jsonl(out_dir / "sft.jsonl", sft)
     write_jsonl(out_dir / "preference.jsonl", records)
     write_jsonl(out_dir / "prompts.jsonl", prompts)
-    return {"sft": len(sft), "preference": len(records), "prompts": len(prompts)}
+    return _write_heldout(out_dir, heldout, {"sft": len(sft), "preference": len(records), "prompts": len(prompts)})
 
 
 def load(data_dir: Path) -> WorldData:
+    heldout = data_dir / "preference_heldout.jsonl"
     return WorldData(sft=read_jsonl(data_dir / "sft.jsonl"), preference=read_jsonl(data_dir / "preference.jsonl"),
-                     prompts=read_jsonl(data_dir / "prompts.jsonl"))
+                     prompts=read_jsonl(data_dir / "prompts.jsonl"),
+                     heldout=read_jsonl(heldout) if heldout.exists() else [])
+
+
+def split_heldout(records: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held out): whole prompts are held out, because pairs of one prompt share responses
+    and a response seen in training would flatter the held-out accuracy."""
+    if not fraction:
+        return records, []
+    import random
+
+    prompts = sorted({r["prompt"] for r in records})
+    random.Random(f"heldout-{seed}").shuffle(prompts)
+    held = set(prompts[: max(1, round(fraction * len(prompts)))])
+    return [r for r in records if r["prompt"] not in held], [r for r in records if r["prompt"] in held]
+
+
+def _write_heldout(out_dir: Path, heldout: list[dict], counts: dict) -> dict:
+    if heldout:
+        write_jsonl(out_dir / "preference_heldout.jsonl", heldout)
+        counts["heldout"] = len(heldout)
+    return counts
 
 
 def validate_record(record: dict, where: str) -> dict:
@@ -150,6 +177,7 @@ def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> d
                 "category": a["category"],
             })
     rng.shuffle(records)
+    records, heldout = split_heldout(records, config.heldout_fraction, seed)
     if config.max_records:
         records = records[: config.max_records]
     sft = _pyrit_non_refusals(wheel)
@@ -158,7 +186,7 @@ def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> d
     write_jsonl(out_dir / "sft.jsonl", sft)
     write_jsonl(out_dir / "preference.jsonl", records)
     write_jsonl(out_dir / "prompts.jsonl", prompts)
-    return {"sft": len(sft), "preference": len(records), "prompts": len(prompts)}
+    return _write_heldout(out_dir, heldout, {"sft": len(sft), "preference": len(records), "prompts": len(prompts)})
 
 
 def _pyrit_non_refusals(wheel: Path) -> list[dict]:

@@ -164,9 +164,12 @@ def test_pyrit_human_labels_data_source(tmp_path):
     from safebench import data
     from safebench.config import DataConfig
 
-    counts = data.prepare(DataConfig(source="pyrit-human-labels", preference_pairs_per_prompt=2), 0, tmp_path)
+    counts = data.prepare(DataConfig(source="pyrit-human-labels", preference_pairs_per_prompt=2,
+                                     heldout_fraction=0.25), 0, tmp_path)
     world = data.load(tmp_path)
     assert counts["preference"] == len(world.preference) > 100
+    assert counts["heldout"] == len(world.heldout) > 30
+    assert not {r["prompt"] for r in world.preference} & {r["prompt"] for r in world.heldout}
     assert len(world.sft) == 60 and all(r["response"] for r in world.sft)
     for record in world.preference:
         assert record["better_response_id"] == 1 - record["safer_response_id"]

@@ -27,6 +27,7 @@ class WorldData:
     sft: list[dict]          # {prompt, response}
     preference: list[dict]   # PKU-SafeRLHF shape
     prompts: list[dict]      # RL prompts: {id, prompt, category, kind}
+    heldout: list[dict] = field(default_factory=list)  # preference records of prompts kept out of training
 
 
 @dataclass

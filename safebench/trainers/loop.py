@@ -53,8 +53,9 @@ def train_supervised(
     model: torch.nn.Module,
     items: Sequence,
     loss_fn: Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict]],
-) -> None:
-    """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics)."""
+) -> int:
+    """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics).
+    Returns the number of optimizer steps."""
     from transformers import get_scheduler
 
     torch.manual_seed(ctx.seed + recipe.seed_offset)
@@ -96,6 +97,7 @@ def train_supervised(
             _save(state_dir, step + 1, model, optimizer, scheduler)
     bar.close()
     model.eval()
+    return len(batches)
 
 
 def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:

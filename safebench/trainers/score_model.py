@@ -33,6 +33,9 @@ class Recipe(SupervisedRecipe):
     # A published score model to use instead of training one (a path or hub id, e.g.
     # PKU-Alignment/beaver-7b-v1.0-cost for the paper preset); None trains from the SFT model.
     pretrained: str | None = None
+    # Train only the top N transformer layers (and the final norm and head); None trains all.
+    # Frozen layers need no backward pass, which is most of a step's cost on a CPU.
+    train_layers: int | None = Field(None, ge=0)
 
 
 def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -73,17 +76,70 @@ def pairs_for(kind: str, records: list[dict]) -> list[dict]:
     return pairs
 
 
+def freeze_below(model, train_layers: int) -> None:
+    """Leave only the top `train_layers` decoder layers, the final norm and the head trainable."""
+    from safebench.errors import UsageError
+
+    layers = getattr(model.base_model, "layers", None)
+    if layers is None:
+        raise UsageError(f"train_layers: {type(model).__name__} has no decoder layer list (base_model.layers); "
+                         "leave train_layers unset")
+    if train_layers > len(layers):
+        raise UsageError(f"train_layers = {train_layers}: the model has only {len(layers)} layers")
+    for param in model.base_model.parameters():
+        param.requires_grad_(False)
+    for layer in list(layers)[len(layers) - train_layers:]:
+        layer.requires_grad_(True)
+    norm = getattr(model.base_model, "norm", None)
+    if norm is not None:
+        norm.requires_grad_(True)
+
+
+def encode_pairs(tokenizer, pairs: list[dict], template: str, max_length: int) -> list[dict]:
+    items = []
+    for pair in pairs:
+        prompt_text = modeling.format_prompt(tokenizer, pair["prompt"], template)
+        high, _ = modeling.encode_pair(tokenizer, prompt_text, pair["high"], max_length)
+        low, _ = modeling.encode_pair(tokenizer, prompt_text, pair["low"], max_length)
+        items.append({**pair, "high_ids": high, "low_ids": low})
+    return items
+
+
+def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[dict]) -> dict:
+    """accuracy: share of pairs ordered as labelled; cost models add sign_accuracy, the share of
+    responses on the labelled side of 0 (safe <= 0 < unsafe)."""
+    metrics = {"accuracy": (high > low).float().mean().item()}
+    if kind == "cost":
+        high_sign = torch.tensor([c["high_sign"] for c in chunk])
+        low_sign = torch.tensor([c["low_sign"] for c in chunk])
+        metrics["sign_accuracy"] = torch.cat([(high > 0) == (high_sign > 0),
+                                              (low > 0) == (low_sign > 0)]).float().mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) -> dict:
+    """Metrics over `items` (pairs as `encode_pairs` makes them), weighted by pair count."""
+    model.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
+                                       tokenizer.pad_token_id, side="right")
+        scores = end_scores(model, ids, mask)
+        for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk).items():
+            totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
+    return totals
+
+
 def train(ctx: TrainContext, recipe: Recipe) -> None:
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
     model = modeling.load_score_model(ctx.policy_dir, ctx.dtype)
     torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference
     model.config.pad_token_id = tokenizer.pad_token_id
-    items = []
-    for pair in pairs_for(recipe.kind, ctx.data.preference):
-        prompt_text = modeling.format_prompt(tokenizer, pair["prompt"], ctx.template)
-        high, _ = modeling.encode_pair(tokenizer, prompt_text, pair["high"], recipe.max_length)
-        low, _ = modeling.encode_pair(tokenizer, prompt_text, pair["low"], recipe.max_length)
-        items.append({**pair, "high_ids": high, "low_ids": low})
+    if recipe.train_layers is not None:
+        freeze_below(model, recipe.train_layers)
+    items = encode_pairs(tokenizer, pairs_for(recipe.kind, ctx.data.preference), ctx.template, recipe.max_length)
 
     def loss_fn(m, chunk):
         ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
@@ -92,14 +148,17 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
         high, low = scores[: len(chunk)], scores[len(chunk):]
         if recipe.kind == "reward":
             loss = reward_loss(high, low, recipe.regularization)
-            return loss, {"loss": loss.item(), "accuracy": (high > low).float().mean().item()}
-        high_sign = torch.tensor([c["high_sign"] for c in chunk])
-        low_sign = torch.tensor([c["low_sign"] for c in chunk])
-        loss = cost_loss(low, high, low_sign, high_sign, recipe.regularization)
-        sign_acc = torch.cat([(high > 0) == (high_sign > 0), (low > 0) == (low_sign > 0)]).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": (high > low).float().mean().item(),
-                      "sign_accuracy": sign_acc.item()}
+        else:
+            high_sign = torch.tensor([c["high_sign"] for c in chunk])
+            low_sign = torch.tensor([c["low_sign"] for c in chunk])
+            loss = cost_loss(low, high, low_sign, high_sign, recipe.regularization)
+        return loss, {"loss": loss.item(), **pair_metrics(recipe.kind, high, low, chunk)}
 
-    train_supervised(ctx, recipe, model, items, loss_fn)
+    steps = train_supervised(ctx, recipe, model, items, loss_fn)
+    if ctx.data.heldout:
+        heldout = encode_pairs(tokenizer, pairs_for(recipe.kind, ctx.data.heldout), ctx.template, recipe.max_length)
+        metrics = evaluate(model, tokenizer, recipe.kind, heldout, recipe.micro_batch_size)
+        # Logged at the last training step, so the curves show where training left the model.
+        ctx.log(steps, **{f"heldout_{k}": v for k, v in metrics.items()}, heldout_pairs=float(len(heldout)))
     modeling.save_checkpoint(model, tokenizer, ctx.out_dir)
     clear_state(ctx)

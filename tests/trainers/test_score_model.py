@@ -49,3 +49,102 @@ def test_pairs_follow_the_preference_labels():
     assert pairs_for("reward", [record]) == [{"prompt": "p", "high": "b", "low": "a"}]
     assert pairs_for("cost", [record]) == [{"prompt": "p", "high": "b", "low": "a", "high_sign": 1.0,
                                             "low_sign": -1.0}]
+
+
+# --- held-out accuracy and the frozen lower layers (the smol preset uses both) ---------------
+class LengthScorer(torch.nn.Module):
+    """A stand-in score model whose score is the number of real tokens minus 3."""
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=(attention_mask.sum(dim=1, keepdim=True) - 3).float())
+
+
+def test_heldout_metrics_count_ordered_pairs_and_sides_of_zero():
+    from types import SimpleNamespace
+
+    from safebench.trainers.score_model import evaluate
+
+    items = [  # lengths 5 vs 2: ordered, both scores on their labelled side (2 > 0, -1 <= 0)
+        {"high_ids": [1] * 5, "low_ids": [1] * 2, "high_sign": 1.0, "low_sign": -1.0},
+        # lengths 1 vs 4: misordered; -2 is on the safe side (sign says unsafe), 1 on the unsafe side
+        {"high_ids": [1] * 1, "low_ids": [1] * 4, "high_sign": 1.0, "low_sign": -1.0},
+        # lengths 4 vs 3: ordered; 1 labelled safe is wrong, 0 labelled safe is right (cost <= 0 is safe)
+        {"high_ids": [1] * 4, "low_ids": [1] * 3, "high_sign": -1.0, "low_sign": -1.0},
+    ]
+    tokenizer = SimpleNamespace(pad_token_id=0)
+    metrics = evaluate(LengthScorer(), tokenizer, "cost", items, batch_size=2)
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+    assert metrics["sign_accuracy"] == pytest.approx(3 / 6)
+    assert evaluate(LengthScorer(), tokenizer, "reward", items, batch_size=3) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def record(prompt: str, safe: str, unsafe: str) -> dict:
+    return {"prompt": prompt, "response_0": unsafe, "response_1": safe, "better_response_id": 0,
+            "safer_response_id": 1, "is_response_0_safe": False, "is_response_1_safe": True}
+
+
+@pytest.fixture()
+def tiny_three_layer(tmp_path):
+    from safebench.world import tiny
+
+    return tiny.make_tiny_policy_checkpoint(tmp_path / "policy", seed=0, num_layers=3)
+
+
+def test_train_layers_trains_only_the_top_layers_and_logs_heldout_accuracy(tmp_path, tiny_three_layer):
+    from safetensors.torch import load_file
+
+    from safebench.trainers import score_model
+    from safebench.trainers.base import TrainContext, WorldData
+
+    preference = [record(f"tell me thing {i}", "i will not", "sure here is how") for i in range(8)]
+    heldout = [record("another thing", "no", "yes here")]
+    logged = []
+    ctx = TrainContext(name="cost-model", stage_key="k", out_dir=tmp_path / "out", work_dir=tmp_path / "work",
+                       seed=0, data=WorldData(sft=[], preference=preference, prompts=[], heldout=heldout),
+                       template="plain", dtype="float32", policy_dir=tiny_three_layer, quiet=True)
+    ctx.log = lambda step, **metrics: logged.append((step, metrics))
+    recipe = score_model.Recipe(trainer="score_model", kind="cost", epochs=1, batch_size=4, micro_batch_size=4,
+                                lr=1e-2, max_length=32, train_layers=1)
+    score_model.train(ctx, recipe)
+
+    before = load_file(tiny_three_layer / "model.safetensors")
+    after = load_file(tmp_path / "out" / "model.safetensors")
+    changed = {name for name, value in before.items()
+               if name.startswith("model.") and not torch.equal(value, after[name])}
+    assert changed and all(n.startswith(("model.layers.2.", "model.norm.")) for n in changed), changed
+    assert after["score.weight"].abs().sum() > 0
+    last_step, final = logged[-1]
+    assert last_step == 2 and final["heldout_pairs"] == 1.0
+    assert set(final) == {"heldout_accuracy", "heldout_sign_accuracy", "heldout_pairs"}
+
+
+def test_train_layers_beyond_the_model_is_a_usage_error(tiny_three_layer):
+    from safebench import modeling
+    from safebench.errors import UsageError
+    from safebench.trainers.score_model import freeze_below
+
+    with pytest.raises(UsageError, match=r"train_layers = 4: the model has only 3 layers"):
+        freeze_below(modeling.load_score_model(tiny_three_layer), 4)
+
+
+def test_heldout_split_keeps_each_prompt_on_one_side():
+    from safebench.data import split_heldout
+
+    records = [record(f"prompt {i % 10}", f"safe {i}", f"unsafe {i}") for i in range(40)]
+    train, heldout = split_heldout(records, 0.3, seed=0)
+    assert len(train) + len(heldout) == 40
+    assert len({r["prompt"] for r in heldout}) == 3
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in heldout}
+    assert split_heldout(records, 0.3, seed=0) == (train, heldout)
+    assert split_heldout(records, 0.0, seed=0) == (records, [])
+
+
+def test_heldout_fraction_is_refused_for_the_tiny_world(tmp_path):
+    from safebench import data
+    from safebench.config import DataConfig
+    from safebench.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"data.heldout_fraction = 0.2: not supported for source 'tiny-world'"):
+        data.prepare(DataConfig(source="tiny-world", heldout_fraction=0.2), 0, tmp_path)
