@@ -21,6 +21,7 @@ from typing import Callable
 
 from safebench import __version__, data as data_module, registry, threads
 from safebench.config import RunConfig
+from safebench.errors import UsageError
 from safebench.evals import suites as suites_module
 from safebench.evals.generation import GenerationConfig, run_generation
 from safebench.hashing import sha256_dir, sha256_file, stable_hash
@@ -70,6 +71,10 @@ class Pipeline:
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.store = RunStore(self.run_dir)
+        # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
+        # kept when the samples it judged are unchanged (see `judge`).
+        self.previous_manifest = (json.loads(self.store.manifest_path.read_text())
+                                  if self.store.manifest_path.exists() else {})
         self.manifest = {
             "safebench_version": __version__, "status": "running", "preset": config.preset,
             "config": config.model_dump(mode="json"), "config_hash": config.hash(),
@@ -321,11 +326,31 @@ class Pipeline:
         prompts = tiny.load_oracle_prompts(path)
         return lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
 
+    def keep_recorded_judge(self) -> None:
+        """A run without a judge block keeps the judge stage its previous manifest recorded
+        (`safebench judge RUN` records one) when that stage's key is still what its judge config
+        gives for this run's samples; otherwise the verdicts are of other samples and are dropped."""
+        from safebench.evals.judge.stage import judge_stage_key
+
+        recorded = (self.previous_manifest.get("stages") or {}).get("judge")
+        settings = (self.previous_manifest.get("judge") or {}).get("judge")
+        if not isinstance(recorded, dict) or not isinstance(settings, dict):
+            return
+        try:
+            current_key = judge_stage_key(settings, self.manifest["evaluations"])
+        except UsageError:
+            return  # a judge config this version no longer reads
+        if current_key == recorded.get("key"):
+            self.manifest["stages"]["judge"] = recorded
+            self.manifest["judge"] = self.previous_manifest["judge"]
+            self.log(f"[keep] judge ({current_key}): recorded by an earlier `safebench judge`")
+
     def judge(self) -> None:
         """LLM-judge verdicts; the stage is only marked done when every judgment is in
         (a budget stop or exhausted retries leave it open, and a rerun resumes it)."""
         judge_config = self.config.judge
         if not judge_config or not judge_config.get("enabled", True):
+            self.keep_recorded_judge()
             return
         from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
 

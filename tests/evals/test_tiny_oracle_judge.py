@@ -297,3 +297,28 @@ def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, tmp_path):
     assert "harmlessness" not in judge_section and "helpfulness" not in judge_section
     sft_row = next(line for line in judge_section.splitlines() if line.startswith("| sft | harm |"))
     assert int(sft_row.split("|")[3]) == n_samples
+
+
+@pytest.mark.slow
+def test_a_rerun_without_a_judge_keeps_the_judge_stage_of_unchanged_samples(tiny_run, tmp_path):
+    """`safebench run` rebuilds the manifest; a judge stage that `safebench judge` recorded stays
+    recorded while the samples it judged are the run's samples, and is dropped once they change."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    judged = run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle", "--set",
+                     "protocols=[harmful_verdict]", "--set", "repeats=1",
+                     "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+    assert judged.returncode == 0, judged.stderr
+    key = json.loads((run / "manifest.json").read_text())["stages"]["judge"]["key"]
+
+    rerun = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run))
+    assert rerun.returncode == 0, rerun.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["judge"]["key"] == key and manifest["judge"]["stage_key"] == key
+    assert "manifest.json records no judge stage" not in (run / "report.md").read_text(encoding="utf-8")
+
+    # Other sampling settings: new samples, which that judge never saw.
+    changed = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run),
+                      "--set", "generation.k=2")
+    assert changed.returncode == 0, changed.stderr
+    assert "judge" not in json.loads((run / "manifest.json").read_text())["stages"]
