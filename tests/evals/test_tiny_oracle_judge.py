@@ -14,6 +14,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+from pathlib import Path
 import sys
 import time
 import urllib.error
@@ -227,15 +228,19 @@ def test_judge_validate_refuses_the_oracle_judge():
         args.handler(args)
 
 
+def judge_with_oracle(run: Path, tmp_path: Path, protocol: str):
+    """`safebench judge RUN` with the tiny-oracle judge, one protocol, one repeat."""
+    return run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle", "--set",
+                   f"protocols=[{protocol}]", "--set", "repeats=1", "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+
+
 @pytest.mark.slow
 def test_judge_command_with_the_oracle_judge_agrees_with_the_oracle(tiny_run, tmp_path):
     """`safebench judge RUN --set endpoint=tiny-oracle` on a real tiny run: every harmful/safe
     verdict equals the oracle's own safety of that sample (scores table)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    result = run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle", "--set",
-                     "protocols=[harmful_verdict]", "--set", "repeats=1",
-                     "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+    result = judge_with_oracle(run, tmp_path, "harmful_verdict")
     assert result.returncode == 0, result.stderr
     assert "0 unscored" in result.stdout and "0 errors" in result.stdout
     with sqlite3.connect(run / "results.sqlite") as db:
@@ -272,9 +277,7 @@ def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     keys = []
     for protocol in ("safe_rlhf_score", "harmful_verdict"):
-        result = run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle",
-                         "--set", f"protocols=[{protocol}]", "--set", "repeats=1",
-                         "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+        result = judge_with_oracle(run, tmp_path, protocol)
         assert result.returncode == 0, result.stderr
         keys.append(result.stdout.split("judge stage ", 1)[1].split(":", 1)[0])
     manifest = json.loads((run / "manifest.json").read_text())
@@ -305,9 +308,7 @@ def test_a_rerun_without_a_judge_keeps_the_judge_stage_of_unchanged_samples(tiny
     recorded while the samples it judged are the run's samples, and is dropped once they change."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    judged = run_cli("judge", str(run), "--no-progress", "--set", "endpoint=tiny-oracle", "--set",
-                     "protocols=[harmful_verdict]", "--set", "repeats=1",
-                     "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
+    judged = judge_with_oracle(run, tmp_path, "harmful_verdict")
     assert judged.returncode == 0, judged.stderr
     key = json.loads((run / "manifest.json").read_text())["stages"]["judge"]["key"]
 
