@@ -1,14 +1,20 @@
 """Generation throughput: HF transformers vs vLLM, through safebench's own backends.
 
-Tokens per second (answer tokens produced / wall time of one `generate` call, model
-loading excluded, after one warm-up call) at batch sizes 1, 8, 32, 128, greedy and
-sampling, on the tiny world's Llama and on a ~135M Llama (SmolLM2-135M's shape: hidden
+Tokens per second (answer tokens produced / wall time of one `generate` call, the median
+of three, model loading excluded, after one warm-up call) at batch sizes 1, 8, 32, 128,
+greedy and sampling, on the tiny world's Llama and on a ~135M Llama (SmolLM2-135M's shape: hidden
 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152; random weights built
 locally, with the tiny world's tokenizer). Every (model, backend, mode) runs in its own
 process, one after another, so the engines never compete for the cores or the GPU's memory
 (an in-process vLLM engine keeps its share of GPU memory until the process ends).
 
+Backends: `hf`; `vllm` (generation.vllm_compile=auto, what a run gets); `vllm-eager` and
+`vllm-compiled` (the engine forced one way). The CPU default measures hf and both vLLM
+modes; load_seconds includes vLLM's compile (a cold ~/.cache/vllm compiles, a warm one
+reloads).
+
     python benchmarks/generation.py                 # this CPU: fp32, 32 new tokens
+    python benchmarks/generation.py --dtype bfloat16 --out benchmarks/results/generation-bf16.json
     python benchmarks/generation.py --quick         # batch sizes 1 and 8 only
     python benchmarks/generation.py --gpu           # one GPU, bf16, 128 new tokens; ~5 min on an H100
 
@@ -69,25 +75,39 @@ def prompts(count: int) -> list[str]:
     return [texts[(i * 7) % len(texts)] for i in range(count)]
 
 
+# Benchmark backend name -> (safebench backend, generation.vllm_compile)
+BACKENDS = {"hf": ("hf", "auto"), "vllm": ("vllm", "auto"), "vllm-eager": ("vllm", "off"),
+            "vllm-compiled": ("vllm", "on")}
+REPEATS = 3   # timed calls per point; the median is reported (one call of the tiny model lasts ~50 ms)
+
+
 def worker(args) -> None:
     """Measure one (model, backend, mode); print one JSON line per batch size."""
     from safebench.evals.generation import GenerationConfig, get_backend
 
-    config = GenerationConfig(backend=args.backend, temperature=0.0 if args.mode == "greedy" else 1.0,
-                              max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=0)
+    backend_name, compile_choice = BACKENDS[args.backend]
+    config = GenerationConfig(backend=backend_name, temperature=0.0 if args.mode == "greedy" else 1.0,
+                              max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=0,
+                              vllm_compile=compile_choice)
     start = time.perf_counter()
-    backend = get_backend(args.backend, args.model_dir, config, "plain")
+    backend = get_backend(backend_name, args.model_dir, config, "plain")
     load_seconds = time.perf_counter() - start
+    compiled = None
+    if backend_name == "vllm":
+        compiled = not backend.llm.llm_engine.vllm_config.model_config.enforce_eager
     for batch in args.batch_sizes:
         # A warm-up at each batch size: transformers may compile or allocate per shape on the first call.
         backend.generate(prompts(batch), seed=1)
-        start = time.perf_counter()
-        out = backend.generate(prompts(batch), seed=2)
-        seconds = time.perf_counter() - start
+        timings = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            out = backend.generate(prompts(batch), seed=2)
+            timings.append(time.perf_counter() - start)
+        seconds = sorted(timings)[REPEATS // 2]
         tokens = sum(o.n_tokens for o in out)
-        print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "mode": args.mode,
-                                       "batch_size": batch, "new_tokens": tokens, "seconds": round(seconds, 4),
-                                       "tokens_per_s": round(tokens / seconds, 1),
+        print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "compiled": compiled,
+                                       "mode": args.mode, "batch_size": batch, "new_tokens": tokens,
+                                       "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
                                        "load_seconds": round(load_seconds, 2)}), flush=True)
     backend.close()
 
@@ -104,6 +124,24 @@ def run_one(model_name: str, model_dir: Path, backend: str, mode: str, options) 
     if result.returncode != 0:
         print(f"{model_name}/{backend}/{mode} failed:\n{result.stderr[-3000:]}", file=sys.stderr, flush=True)
     return rows
+
+
+def print_table(rows: list[dict], args) -> None:
+    """tokens/s per backend, and each vLLM mode's ratio to HF."""
+    backends = args.backends.split(",")
+    others = [b for b in backends if b != "hf"]
+    print("\nmodel       mode      batch" + "".join(f"{b:>15s}" for b in backends)
+          + "".join(f"{b + '/hf':>18s}" for b in others if "hf" in backends))
+    for name in args.models.split(","):
+        for mode in ("greedy", "sampling"):
+            for batch in args.batch_sizes:
+                found = {r["backend"]: r["tokens_per_s"] for r in rows
+                         if (r["model"], r["mode"], r["batch_size"]) == (name, mode, batch)}
+                line = f"{name:11s} {mode:8s} {batch:5d}" + "".join(f"{found.get(b, '-'):>15}" for b in backends)
+                if "hf" in backends:
+                    line += "".join(f"{found[b] / found['hf']:>17.2f}x" if b in found and "hf" in found else f"{'-':>18s}"
+                                    for b in others)
+                print(line)
 
 
 def package_versions() -> dict:
@@ -123,7 +161,9 @@ def main() -> int:
     parser.add_argument("--gpu", action="store_true", help="the GPU variant: bf16, 128 new tokens")
     parser.add_argument("--quick", action="store_true", help="batch sizes 1 and 8 only")
     parser.add_argument("--models", default="tiny,smol-135m")
-    parser.add_argument("--backends", default="hf,vllm")
+    parser.add_argument("--backends", default=None,
+                        help=f"comma-separated, of {', '.join(BACKENDS)} (default: hf,vllm-eager,vllm-compiled; "
+                             "with --gpu hf,vllm)")
     parser.add_argument("--batch-sizes", type=lambda t: [int(x) for x in t.split(",")], default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
@@ -140,6 +180,10 @@ def main() -> int:
     args.batch_sizes = args.batch_sizes or ([1, 8] if args.quick else [1, 8, 32, 128])
     args.max_new_tokens = args.max_new_tokens or (128 if args.gpu else 32)
     args.dtype = args.dtype or ("bfloat16" if args.gpu else "float32")
+    args.backends = args.backends or ("hf,vllm" if args.gpu else "hf,vllm-eager,vllm-compiled")
+    unknown = [b for b in args.backends.split(",") if b not in BACKENDS]
+    if unknown:
+        parser.error(f"--backends: unknown {', '.join(unknown)}; expected some of {', '.join(BACKENDS)}")
     if args.worker:
         worker(args)
         return 0
@@ -151,28 +195,20 @@ def main() -> int:
         for backend, mode in itertools.product(args.backends.split(","), ("greedy", "sampling")):
             measured = run_one(name, model_dir, backend, mode, args)
             for row in measured:
-                print(f"{row['model']:10s} {row['backend']:5s} {row['mode']:8s} batch {row['batch_size']:4d}  "
+                print(f"{row['model']:10s} {row['backend']:13s} {row['mode']:8s} batch {row['batch_size']:4d}  "
                       f"{row['tokens_per_s']:9.1f} tok/s  ({row['new_tokens']} tokens in {row['seconds']:.2f} s)",
                       flush=True)
             rows += measured
 
-    print("\nmodel       mode      batch    hf tok/s  vllm tok/s  vllm/hf")
-    for name in args.models.split(","):
-        for mode in ("greedy", "sampling"):
-            for batch in args.batch_sizes:
-                found = {r["backend"]: r for r in rows if (r["model"], r["mode"], r["batch_size"]) == (name, mode, batch)}
-                hf, vllm = found.get("hf"), found.get("vllm")
-                ratio = f"{vllm['tokens_per_s'] / hf['tokens_per_s']:.2f}x" if hf and vllm else "-"
-                print(f"{name:11s} {mode:8s} {batch:5d}  {hf['tokens_per_s'] if hf else '-':>10}  "
-                      f"{vllm['tokens_per_s'] if vllm else '-':>10}  {ratio:>7}")
+    print_table(rows, args)
     import torch
 
     out = args.out or HERE / "results" / ("generation-gpu.json" if args.gpu else "generation.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} x{os.cpu_count()}"
     out.write_text(json.dumps({"device": device, "versions": package_versions(), "dtype": args.dtype, "max_new_tokens": args.max_new_tokens,
-                               "note": "answer tokens / wall seconds of one generate call, after a warm-up call; "
-                                       "model load excluded",
+                               "note": f"answer tokens / wall seconds of one generate call (median of {REPEATS}), "
+                                       "after a warm-up call; model load excluded",
                                "results": rows}, indent=2) + "\n")
     print(f"\nwrote {out}")
     return 0

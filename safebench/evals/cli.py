@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    serve.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                       help="compile the model (auto: on a GPU, and on a CPU for models >= 50M parameters)")
     serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the server")
     serve.set_defaults(handler=cmd_serve)
 
@@ -54,7 +56,7 @@ def _names(text: str) -> list[str]:
 def cmd_serve(args) -> int:
     from safebench.evals.serve import serve_forever
 
-    return serve_forever(args.checkpoint, args.port, args.host, args.dtype, args.startup_timeout)
+    return serve_forever(args.checkpoint, args.port, args.host, args.dtype, args.startup_timeout, args.compile)
 
 
 def cmd_generate(args) -> int:
@@ -235,7 +237,7 @@ def config_mismatches(suite: str, generation, runs: list[tuple[Path, str | None]
                 detail = f"settings hash {record['hash']} vs {my_hash}"
             else:
                 differing = [f"{name} {record['settings'].get(name)!r} vs {value!r}" for name, value in mine.items()
-                             if name != "api_key_env" and record["settings"].get(name) != value]
+                             if name not in generation.EXECUTION_ONLY and record["settings"].get(name) != value]
                 detail = ", ".join(differing) or f"settings hash {record['hash']} vs {my_hash}"
             warnings.append(f"'{record['method']}' on {suite} in {run_dir} was generated with other settings "
                             f"({detail}); score differences between them may come from the settings, not the models")

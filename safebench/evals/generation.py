@@ -10,7 +10,7 @@ produces exactly what an uninterrupted one would have.
 from __future__ import annotations
 
 import importlib
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,13 +33,20 @@ class GenerationConfig(BaseModel):
     template: Literal["plain", "chat"] | None = None   # None: the policy's template
     batch_size: int = Field(32, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # vllm backend: compile the model (auto: on a GPU, and on a CPU for models >= 50M parameters)
+    vllm_compile: Literal["auto", "on", "off"] = "auto"
     # openai backend: an OpenAI-compatible endpoint serving the model
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
 
+    # Settings of where and how fast the answers are made, not of what they are: left out of
+    # the hash, so changing one reuses earlier samples (compiled and eager vLLM gave identical
+    # greedy answers: safebench/evals/backends/vllm.py).
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"api_key_env", "vllm_compile"})
+
     def settings_hash(self) -> str:
         """Hash of everything that changes what is generated (not where it runs)."""
-        return stable_hash(self.model_dump(mode="json", exclude={"api_key_env"}))
+        return stable_hash(self.model_dump(mode="json", exclude=set(self.EXECUTION_ONLY)))
 
 
 class Generated(BaseModel):

