@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from safebench import registry
 from safebench.errors import UsageError
@@ -79,9 +79,17 @@ class RunConfig(StrictModel):
     suites: list[str] = []
     judge: dict[str, Any] | None = None
     description: str = ""
+    # Derived by `resolve`, never read from a preset or --set (hence private, and out of the hash):
+    # a variant whose settings equal another stage's trains as that stage (see `trained_as`).
+    _trained_as: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+    def trained_as(self, name: str) -> str:
+        """The stage that trains method `name`: its plain name (`plain_variant_name`), which
+        `sacpo[beta_over_lambda=0.025]` shares with `sacpo` while sacpo's β/λ is 0.025."""
+        return self._trained_as.get(name, name)
 
 
 # --- layering with provenance ------------------------------------------------------------
@@ -212,9 +220,50 @@ def _check_variant_fields(base: str, fields: dict[str, Any], recipe_class, where
                              f"fields (set lists with --set trainers.{base}.{key}=[...])")
 
 
+def plain_variant_name(name: str, recipe, unswept_recipes: dict[str, dict]) -> str:
+    """`name` less the variant fields that give what its base recipe has anyway (compared as
+    validated): `sacpo[beta_over_lambda=0.025]` is `sacpo` while sacpo's β/λ is 0.025, and
+    `sacpo[beta=0.1]` is `sacpo` too (β null means 0.1 there). The fields kept keep their spelling,
+    so a variant that changes something keeps its name and stage key. `unswept_recipes`: each base
+    recipe's data before sweeps, so that a swept value equal to the base's own setting is the base,
+    as it is when named in the method list."""
+    base, fields = parse_method_name(name, name)
+    if not fields:
+        return name
+    recipe_class = type(recipe)
+    settings = recipe.model_dump(mode="json")
+    kept = dict(fields)
+    for key in fields:
+        trial = {k: v for k, v in kept.items() if k != key}
+        try:
+            without = recipe_class.model_validate({**unswept_recipes[base], **trial, "needs": recipe.needs})
+        except ValidationError:
+            continue  # the base alone is no valid recipe here: the field is needed
+        if without.model_dump(mode="json") == settings:
+            kept = trial
+    return variant_name(base, kept, recipe_class)
+
+
+def _without_sweeps(layer: dict, trainers: dict) -> dict:
+    """`layer` less the lists it gives single-valued recipe fields (its sweeps)."""
+    given = layer.get("trainers")
+    if not isinstance(given, dict):
+        return layer
+    kept = {}
+    for name, fields in given.items():
+        trainer = (trainers.get(name) or {}).get("trainer")
+        if isinstance(fields, dict) and trainer:
+            recipe_class = registry.trainer_module(trainer).Recipe
+            fields = {k: v for k, v in fields.items()
+                      if not (isinstance(v, list) and not _is_list_field(recipe_class, k))}
+        kept[name] = fields
+    return {**layer, "trainers": kept}
+
+
 def _layered(preset: str, preset_data: dict, preset_rel: str, bases: list[str],
-             parsed_overrides: list) -> tuple[dict, Provenance]:
-    """recipe YAML < preset YAML < --set, for the recipes named in `bases`."""
+             parsed_overrides: list, sweeps: bool = True) -> tuple[dict, Provenance]:
+    """recipe YAML < preset YAML < --set, for the recipes named in `bases`; with `sweeps=False`,
+    the preset's and --set's sweeps are left out (each field keeps the value below the sweep)."""
     provenance: Provenance = {}
     merged: dict[str, Any] = {"preset": preset, "trainers": {}}
     for name in bases:
@@ -223,6 +272,8 @@ def _layered(preset: str, preset_data: dict, preset_rel: str, bases: list[str],
                provenance, ("trainers",))
     preset_layer = {k: v for k, v in preset_data.items() if k != "trainers"}
     preset_layer["trainers"] = {k: v for k, v in (preset_data.get("trainers") or {}).items() if k in bases}
+    if not sweeps:
+        preset_layer = _without_sweeps(preset_layer, merged["trainers"])
     _merge(merged, preset_layer, preset_rel, provenance)
     for path, value in parsed_overrides:
         layer: dict = {}
@@ -230,6 +281,8 @@ def _layered(preset: str, preset_data: dict, preset_rel: str, bases: list[str],
         for part in path[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[path[-1]] = value
+        if not sweeps:
+            layer = _without_sweeps(layer, merged["trainers"])
         _merge(merged, layer, f"--set {'.'.join(path)}", provenance)
     return merged, provenance
 
@@ -239,8 +292,9 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     """Build and validate the run config. Returns (config, validated recipes by stage name).
 
     A method may be a variant, NAME[FIELD=VALUE,...]: NAME's recipe (after the preset and `--set`)
-    with those fields changed, trained as its own stage. `methods_source` names where the list
-    came from, for errors.
+    with those fields changed, trained as its own stage unless its settings are another's:
+    `config.trained_as(name)` is then that stage, which `recipes` holds too. `methods_source`
+    names where the list came from, for errors.
     """
     preset_path = registry.presets_dir() / f"{preset}.yaml"
     if not preset_path.exists():
@@ -306,6 +360,8 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     recipes = {}
     for name in stage_names:
         recipes[name] = validate_recipe(name, config.trainers[name], provenance)
+    share_stages(config, recipes, stage_names,
+                 _layered(preset, preset_data, preset_rel, bases, parsed_overrides, sweeps=False)[0]["trainers"])
     # The validated recipes (defaults filled in) are what the run records and hashes.
     config.trainers = {name: recipes[name].model_dump(mode="json") for name in stage_names}
 
@@ -330,6 +386,24 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
                 f"available: {', '.join(known_suites)}"
             )
     return config, recipes
+
+
+def share_stages(config: RunConfig, recipes: dict, stage_names: list[str], unswept_recipes: dict[str, dict]) -> None:
+    """Methods with equal validated recipes (so equal inputs: a run's SFT, score models, data and
+    seed are common, and `needs` is a recipe field) train once, as the stage of the shortest of
+    their plain names (`plain_variant_name`). That stage is trained even when no method is called
+    by its name, so a later run asking for any one of them finds it done; it is added to `recipes`
+    and `stage_names`, and `config.trained_as` maps each other name to it."""
+    groups: dict[str, list[str]] = {}
+    for name in stage_names:
+        if name not in ("sft", *SCORE_MODEL_STAGES):
+            groups.setdefault(stable_hash(recipes[name].model_dump(mode="json")), []).append(name)
+    for names in groups.values():
+        stage = min((plain_variant_name(n, recipes[n], unswept_recipes) for n in names), key=lambda n: (len(n), n))
+        config._trained_as.update({name: stage for name in names if name != stage})
+        if stage not in recipes:
+            recipes[stage] = recipes[names[0]].model_copy()
+            stage_names.append(stage)
 
 
 def _is_list_field(recipe_class, field: str) -> bool:

@@ -116,19 +116,26 @@ class Pipeline:
         atomic_write_json(self.store.manifest_path, self.manifest)
 
     def train_material(self, name: str, key_material: dict) -> dict:
-        """What a training stage's key hashes: its validated recipe and the keys of its inputs."""
-        return {"recipe": self.recipes[name].model_dump(mode="json"), **key_material}
+        """What a training stage's key hashes: its validated recipe and the keys of its inputs. A need
+        is hashed by the stage it is trained as, so p-sacpo needing `sacpo[beta_over_lambda=0.025]`
+        is the p-sacpo that needs `sacpo` while that variant is sacpo (its key is the same too)."""
+        recipe = self.recipes[name].model_dump(mode="json")
+        return {"recipe": {**recipe, "needs": [self.config.trained_as(n) for n in recipe["needs"]]}, **key_material}
 
     def method_inputs(self, name: str, upstream: dict, method_keys: dict[str, str]) -> dict:
         """A method's inputs: SFT, the score models, the run's common settings and the methods it needs."""
-        return {**upstream, "needs": {n: method_keys[n] for n in self.recipes[name].needs}}
+        return {**upstream, "needs": {self.config.trained_as(n): method_keys[n] for n in self.recipes[name].needs}}
 
     def planned_method_keys(self, upstream: dict) -> dict[str, str]:
         """Every method stage's key, from the keys of SFT, the score models and the common settings,
-        without training: a method's key changes exactly when its recipe or an input's key does."""
+        without training: a method's key changes exactly when its recipe or an input's key does.
+        A method trained as another stage (`RunConfig.trained_as`) has that stage's key."""
         keys = {"sft": upstream["sft"]}
         for name in self.method_order():
-            if name != "sft":
+            stage = self.config.trained_as(name)
+            if stage != name:
+                keys[name] = keys[stage]
+            elif name != "sft":
                 keys[name] = self.stage_key(name, self.train_material(name, self.method_inputs(name, upstream, keys)))
         return keys
 
@@ -184,6 +191,11 @@ class Pipeline:
         method_dirs: dict[str, Path] = {"sft": sft_model}
         upstream = {"sft": sft_key, "reward": scorer_keys["reward-model"], "cost": scorer_keys["cost-model"], **common}
         for name in self.method_order():
+            stage = self.config.trained_as(name)
+            if stage != name:
+                # equal settings: the stage trained under `stage` is this method's too
+                method_keys[name], method_dirs[name] = method_keys[stage], method_dirs[stage]
+                continue
             if name == "sft":
                 continue
             needs = self.recipes[name].needs
@@ -194,9 +206,11 @@ class Pipeline:
             )
             method_keys[name], method_dirs[name] = key, directory / "model"
         for name in config.methods:
+            stage = config.trained_as(name)
             self.manifest["methods"][name] = {
                 "key": method_keys[name], "checkpoint": str(method_dirs[name].relative_to(self.run_dir)),
-                "sha256": self.store.stage_meta(name, method_keys[name]).get("sha256"),
+                "sha256": self.store.stage_meta(stage, method_keys[name]).get("sha256"),
+                **({"trained_as": stage} if stage != name else {}),
             }
         self.write_manifest()
 
@@ -220,7 +234,7 @@ class Pipeline:
         return key, local if local.exists() else Path(pretrained)
 
     def method_order(self) -> list[str]:
-        """Requested methods after the methods they need."""
+        """Requested methods after the methods they need and the stage they are trained as."""
         order: list[str] = []
 
         def visit(name: str) -> None:
@@ -228,6 +242,8 @@ class Pipeline:
                 return
             for dependency in self.recipes[name].needs if name in self.recipes else []:
                 visit(dependency)
+            if self.config.trained_as(name) != name:
+                visit(self.config.trained_as(name))
             order.append(name)
 
         for name in self.config.methods:

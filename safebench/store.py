@@ -255,16 +255,16 @@ class RunStore:
         return pd.concat(frames, ignore_index=True)[columns]
 
     def curves(self):
-        """Training curves of the method stages this run's manifest names."""
+        """Training curves of the method stages this run's manifest names, under each method's
+        name: methods trained as one stage (equal settings) each show that stage's curves."""
         import pandas as pd
 
-        keys = [m["key"] for m in self.manifest().get("methods", {}).values()]
-        if not keys:
-            return pd.DataFrame(columns=["method", "step", "name", "value"])
-        marks = ",".join("?" * len(keys))
-        return pd.read_sql_query(
-            f"SELECT method, step, name, value FROM curves WHERE stage_key IN ({marks}) "
-            "ORDER BY method, name, step",
-            self.db,
-            params=keys,
-        )
+        columns = ["method", "step", "name", "value"]
+        frames = [pd.read_sql_query("SELECT step, name, value FROM curves WHERE stage_key = ?", self.db,
+                                    params=(entry["key"],)).assign(method=method)
+                  for method, entry in self.manifest().get("methods", {}).items()]
+        frames = [f for f in frames if len(f)]
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        return pd.concat(frames, ignore_index=True)[columns].sort_values(["method", "name", "step"],
+                                                                         ignore_index=True)

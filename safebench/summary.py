@@ -59,9 +59,32 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def shared_checkpoint_notes(manifest: dict, methods: list[str] | None = None) -> list[str]:
+    """One line for each method of the run that has another's checkpoint because their settings
+    are equal (config.share_stages: trained once, so also one set of samples), among `methods`
+    (default: all). The rows of both are there, under their own names; this says they are one."""
+    entries = manifest.get("methods") or {}
+    order = [m for m in (manifest.get("config") or {}).get("methods") or entries if m in entries]
+    by_key: dict[str, list[str]] = {}
+    for name in order:
+        if methods is None or name in methods:
+            by_key.setdefault(entries[name].get("key"), []).append(name)
+    notes = []
+    for names in by_key.values():
+        stage = next((entries[n]["trained_as"] for n in names if entries[n].get("trained_as")), names[0])
+        first = stage if stage in names else names[0]
+        notes += [f"{name}: same settings as {first}; trained once"
+                  + (f" (stage {stage})" if stage != first else "") + ", so one checkpoint and one set of samples"
+                  for name in names if name != first]
+    return notes
+
+
 def write_summary(store: RunStore, *, n_boot: int = metrics.DEFAULT_N_BOOT,
                   seed: int = metrics.DEFAULT_SEED) -> str:
     table = summary_table(store.results(), n_boot=n_boot, seed=seed)
     text = "# safebench summary\n\n" + EXPLANATION.format(n_boot=n_boot, seed=seed) + "\n\n" + to_markdown(table)
+    notes = shared_checkpoint_notes(store.manifest())
+    if notes:
+        text += "\n" + "".join(f"- {note}\n" for note in notes)
     atomic_write_text(store.run_dir / "summary.md", text)
     return text

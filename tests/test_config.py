@@ -140,6 +140,32 @@ def test_variant_names_have_one_spelling_whichever_way_they_are_asked_for():
     assert spelled == swept == ["sacpo[beta_over_lambda=0.05,lr=0.0002]"]  # recipe field order, values as printed
 
 
+def test_a_variant_with_settings_its_method_has_is_trained_as_that_method():
+    # tiny: sacpo's β/λ is the recipe's 0.025 and its lr the preset's 1e-4; ppo-lag's actor_lr 5e-4
+    asked = ["sacpo", "sacpo[beta_over_lambda=0.025]", "sacpo[lr=1e-4]", "sacpo[beta=0.1]",
+             "sacpo[beta_over_lambda=0.05]", "sacpo[beta_over_lambda=0.05,lr=0.0001]", "ppo-lag[actor_lr=5e-4]"]
+    config, recipes = resolve(methods=asked)
+    assert config.methods == [*asked[:2], "sacpo[lr=0.0001]", *asked[3:6], "ppo-lag[actor_lr=0.0005]"]
+    assert {name: config.trained_as(name) for name in config.methods} == {
+        "sacpo": "sacpo", "sacpo[beta_over_lambda=0.025]": "sacpo", "sacpo[lr=0.0001]": "sacpo",
+        "sacpo[beta=0.1]": "sacpo",  # β null is 0.1 for the helpfulness step
+        "sacpo[beta_over_lambda=0.05]": "sacpo[beta_over_lambda=0.05]",
+        "sacpo[beta_over_lambda=0.05,lr=0.0001]": "sacpo[beta_over_lambda=0.05]",
+        "ppo-lag[actor_lr=0.0005]": "ppo-lag"}
+    # the stage of the plain name is trained (a recipe of the run) though no method has that name
+    assert "ppo-lag" in recipes and "ppo-lag" in config.trainers and "ppo-lag" not in config.methods
+    assert recipes["ppo-lag"] == recipes["ppo-lag[actor_lr=0.0005]"]
+
+
+def test_settings_from_set_count_and_a_swept_value_equal_to_the_unswept_one_is_the_method():
+    config, _ = resolve("trainers.sacpo.lr=3e-4", methods=["sacpo[lr=3e-4]", "sacpo[lr=1e-4]"])
+    assert [config.trained_as(m) for m in config.methods] == ["sacpo", "sacpo[lr=0.0001]"]
+    config, recipes = resolve("trainers.sacpo.beta_over_lambda=[0.025,0.1]", methods=["sacpo"])
+    assert config.methods == ["sacpo[beta_over_lambda=0.025]", "sacpo[beta_over_lambda=0.1]"]
+    assert [config.trained_as(m) for m in config.methods] == ["sacpo", "sacpo[beta_over_lambda=0.1]"]
+    assert recipes["sacpo"].beta_over_lambda == pytest.approx(0.025)
+
+
 @pytest.mark.parametrize("method, expected", [
     ("sacpo[beta_over_lambda=0.1", "method 'sacpo[beta_over_lambda=0.1': expected NAME or NAME[FIELD=VALUE,...]"),
     ("sacpo[beta_over_lambda]", "'beta_over_lambda' is not FIELD=VALUE"),

@@ -40,3 +40,21 @@ def test_printed_numbers_are_metrics_summarize(tiny_run):
                 assert float(parsed[part]) == pytest.approx(want[column], abs=5e-4), (cells[:2], name, part)
                 checked += 1
     assert checked == len(rows) * (len(header) - 3) * 3 > 0
+
+
+def test_notes_name_the_methods_that_are_one_checkpoint():
+    manifest = {"config": {"methods": ["sft", "sacpo", "sacpo[beta_over_lambda=0.025]", "sacpo[lr=0.0001]",
+                                       "p-sacpo[q=0.75]", "p-sacpo[q=0.5]"]},
+                "methods": {"sft": {"key": "s"}, "sacpo": {"key": "a"},
+                            "sacpo[beta_over_lambda=0.025]": {"key": "a", "trained_as": "sacpo"},
+                            "sacpo[lr=0.0001]": {"key": "a", "trained_as": "sacpo"},
+                            "p-sacpo[q=0.75]": {"key": "p", "trained_as": "p-sacpo"},
+                            "p-sacpo[q=0.5]": {"key": "q"}}}
+    assert summary.shared_checkpoint_notes(manifest) == [
+        "sacpo[beta_over_lambda=0.025]: same settings as sacpo; trained once, so one checkpoint and one set of samples",
+        "sacpo[lr=0.0001]: same settings as sacpo; trained once, so one checkpoint and one set of samples"]
+    # neither is called by the name of the stage they share; only the methods asked about count
+    assert summary.shared_checkpoint_notes(manifest, ["sacpo[beta_over_lambda=0.025]", "sacpo[lr=0.0001]"]) == [
+        "sacpo[lr=0.0001]: same settings as sacpo[beta_over_lambda=0.025]; trained once (stage sacpo), "
+        "so one checkpoint and one set of samples"]
+    assert summary.shared_checkpoint_notes({"methods": {"sft": {"key": "s"}}}) == []

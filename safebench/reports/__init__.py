@@ -41,6 +41,7 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
     from safebench.reports.html import render_html
     from safebench.reports.markdown import render_markdown
     from safebench.reports.runs import build_model, load_runs
+    from safebench.summary import shared_checkpoint_notes
 
     run_dirs = [Path(p) for p in run_dirs]
     if out_dir is None:
@@ -50,6 +51,9 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
     out_dir = Path(out_dir)
     runs = load_runs(run_dirs)
     model = build_model(runs, n_boot=n_boot, seed=seed)
+    for run in runs:
+        model.notes += [f"{run.label}: {note}" if len(runs) > 1 else note
+                        for note in shared_checkpoint_notes(run.manifest)]
     figures = all_figures(model)
 
     figure_paths = []

@@ -20,6 +20,7 @@ from safebench import metrics, registry
 from safebench.errors import UsageError
 from safebench.reports.runs import BASELINE_METHOD, REPORTS_ROOT, load_run
 from safebench.store import atomic_write_text
+from safebench.summary import shared_checkpoint_notes
 
 REFERENCE_DIR = REPORTS_ROOT / "reference"
 SUMMARY_METRICS = ("safety_rate", "prompt_unsafe_share", "reward_mean", "cost_mean", "refusal_rate",
@@ -137,7 +138,8 @@ def order_agreement(rows: list[dict]) -> tuple[int, int, list[str]]:
     return agree, total, disagreements
 
 
-def render(reference: dict, rows: list[dict], run_dir: Path, preset: str) -> str:
+def render(reference: dict, rows: list[dict], run_dir: Path, preset: str, shared: list[str] = ()) -> str:
+    """The table; `shared`: notes on rows' methods that are one checkpoint (summary.shared_checkpoint_notes)."""
     source = reference["source"]
     percent = reference["metric"].endswith(("rate", "share"))
 
@@ -188,6 +190,7 @@ def render(reference: dict, rows: list[dict], run_dir: Path, preset: str) -> str
     if by_definition:
         lines.append(f"{', '.join(by_definition)}: the baseline's win rate against itself is 0.5 by definition "
                      "(never judged); not in the interval check, kept in the order comparison")
+    lines += shared
     missing = sorted({r["method"] for r in rows if math.isnan(r["ours"]["value"])})
     if missing:
         what = "judge verdicts" if reference["metric"] in JUDGE_METRICS else "samples"
@@ -201,9 +204,10 @@ def reproduce(name: str, run_dir: Path | None = None, *, preset: str | None = No
     reference = load_reference(name)
     if run_dir is None:
         run_dir = produce_run(reference, preset, Path("runs") / f"reproduce-{name}")
-    run_preset = str(load_run(run_dir).manifest.get("preset", "?"))
+    manifest = load_run(run_dir).manifest
     rows = our_values(reference, Path(run_dir), n_boot=n_boot, seed=seed)
-    text = render(reference, rows, Path(run_dir), run_preset)
+    shared = shared_checkpoint_notes(manifest, [row["method"] for row in reference["rows"]])
+    text = render(reference, rows, Path(run_dir), str(manifest.get("preset", "?")), shared)
     if out is not None:
         atomic_write_text(out, text)
     return text

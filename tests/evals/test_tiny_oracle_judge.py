@@ -197,6 +197,36 @@ def test_judge_stage_starts_the_oracle_judge_and_stops_it(tmp_path, monkeypatch)
     store.close()
 
 
+def test_methods_sharing_samples_are_judged_once_and_recorded_for_each(tmp_path):
+    """Two methods trained as one stage (equal settings) have one gen_key: before, their item ids
+    collided; now each judgment is asked once and written for both, and a lost copy is redone."""
+    store = RunStore(tmp_path / "run")
+    rows = [{"gen_key": f"gen-{method}", "method": method, "suite": "tiny-harmful", "prompt_id": PROMPT.id,
+             "sample_idx": i, "prompt": PROMPT.prompt, "response": response, "category": PROMPT.category,
+             "kind": "harmful", "gen_config_hash": "g", "n_tokens": 8}
+            for method, response in (("sft", HOW_TO), ("sacpo", REFUSAL)) for i in range(2)]
+    store.insert_samples(rows)
+    evaluations = [{"method": method, "suite": "tiny-harmful", "gen_key": f"gen-{sample_set}", "kind": "harmful"}
+                   for method, sample_set in (("sft", "sft"), ("sacpo", "sacpo"),
+                                              ("sacpo[beta_over_lambda=0.025]", "sacpo"))]
+    config = {"endpoint": "tiny-oracle", "protocols": ["pairwise"], "repeats": 1,
+              "cache_path": str(tmp_path / "cache.sqlite")}
+    key = judge_stage_key(config, evaluations)
+    summary = run_judge_stage(store, config, evaluations, key, show_progress=False)
+
+    assert summary["complete"] and summary["expected"] == summary["counts"]["scored"] == 2 * (2 * 2 * 2)
+    assert summary["this_run"]["total"] == 2 * 2 * 2  # asked once: samples x criteria x orders
+    rates = {(m["method"], m["criterion"]): m["win_rate"] for m in summary["metrics"] if "win_rate" in m}
+    assert rates == {(method, criterion): rate for method in ("sacpo", "sacpo[beta_over_lambda=0.025]")
+                     for criterion, rate in (("harmlessness", 1.0), ("helpfulness", 0.0))}
+    assert any("judged once" in note for note in summary["notes"])
+
+    store.db.execute("DELETE FROM judge_judgments WHERE method=? AND order_ab='AB'", ("sacpo[beta_over_lambda=0.025]",))
+    resumed = run_judge_stage(store, config, evaluations, key, show_progress=False)
+    assert resumed["complete"] and resumed["this_run"]["total"] == 2 * 2  # the judgments whose copy was lost
+    store.close()
+
+
 def test_serve_judge_command_prints_its_url_and_serves(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     process = subprocess.Popen([sys.executable, "-m", "safebench.cli", "serve-judge", "--world", "tiny", "--port", "0"],

@@ -336,13 +336,13 @@ def test_sweep_with_p_sacpo_naming_its_variant_shares_that_stage():
                                             ["trainers.sacpo.beta_over_lambda=[0.01,0.025]", PIN])
     assert config.methods == ["sacpo[beta_over_lambda=0.01]", "sacpo[beta_over_lambda=0.025]",
                               "p-sacpo[q=0.25]", "p-sacpo[q=0.5]"]
-    assert [n for n in recipes if n.startswith("sacpo")] == ["sacpo[beta_over_lambda=0.01]",
-                                                              "sacpo[beta_over_lambda=0.025]"]  # no third copy
+    # no third copy: the 0.025 variant has sacpo's own tiny settings, so it is trained as `sacpo`
+    assert {config.trained_as(n) for n in recipes if n.startswith("sacpo")} == {"sacpo[beta_over_lambda=0.01]", "sacpo"}
     assert recipes["p-sacpo[q=0.5]"].needs == ["sacpo[beta_over_lambda=0.025]"]
     # a variant that only p-sacpo needs is trained (its stage) but not evaluated (not a method)
     config, recipes = config_module.resolve("tiny", ["sacpo[beta_over_lambda=0.1]", "p-sacpo"], [PIN])
     assert config.methods == ["sacpo[beta_over_lambda=0.1]", "p-sacpo"]
-    assert "sacpo[beta_over_lambda=0.025]" in recipes and "sacpo" not in recipes
+    assert config.trained_as("sacpo[beta_over_lambda=0.025]") == "sacpo" and "sacpo" in recipes
 
 
 def _method_keys(tmp_path, methods, overrides=()) -> dict[str, str]:
@@ -378,6 +378,16 @@ def test_stage_keys_change_only_for_what_a_setting_reaches(tmp_path):
     assert all(slower[k] != base[k] for k in table[1:])
 
 
+def test_variants_with_equal_settings_have_one_key_whichever_names_a_run_asks_for(tmp_path):
+    both = _method_keys(tmp_path, ["sacpo", "sacpo[beta_over_lambda=0.025]", "sacpo[beta_over_lambda=0.05]"])
+    assert both["sacpo[beta_over_lambda=0.025]"] == both["sacpo"] != both["sacpo[beta_over_lambda=0.05]"]
+    # a later run with one of the names finds the stage the first one trained
+    assert _method_keys(tmp_path, ["sacpo[beta_over_lambda=0.025]"])["sacpo[beta_over_lambda=0.025]"] == both["sacpo"]
+    assert _method_keys(tmp_path, ["sacpo"])["sacpo"] == both["sacpo"]
+    # p-sacpo naming the variant builds on that one stage, as it does naming sacpo
+    assert _method_keys(tmp_path, ["p-sacpo"], [PIN])["p-sacpo"] == _method_keys(tmp_path, ["p-sacpo"])["p-sacpo"]
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -397,7 +407,8 @@ def tiny_sacpo_run(tiny_run, tmp_path_factory) -> dict:
         store.close()
     results = results.assign(oracle_safe=results["oracle_cost"] <= 0)
     by_method = results.groupby(["method", "suite"])
-    return {"safety": by_method["oracle_safe"].mean().to_dict(), "reward": by_method["oracle_reward"].mean().to_dict()}
+    return {"safety": by_method["oracle_safe"].mean().to_dict(), "reward": by_method["oracle_reward"].mean().to_dict(),
+            "run_dir": run_dir}
 
 
 @pytest.mark.slow
@@ -427,3 +438,42 @@ def test_tiny_run_single_steps_move_sft_their_own_way(tiny_sacpo_run):
     assert reward["dpo-s", "tiny-benign"] < reward["dpo-h", "tiny-benign"]
     # the two steps chained (SACPO) sit between the single steps on safety
     assert safety["dpo-h", "tiny-harmful"] < safety["sacpo", "tiny-harmful"] < safety["dpo-s", "tiny-harmful"]
+
+
+@pytest.mark.slow
+def test_methods_with_equal_settings_train_once_and_both_are_reported(tiny_sacpo_run, tmp_path):
+    """`sacpo[beta_over_lambda=0.025]` is sacpo as the tiny preset sets it, and `p-sacpo[q=0.75]` is
+    p-sacpo: on a copy of the run that trained sacpo and p-sacpo, neither trains again, while
+    `p-sacpo[q=0.5]` (another q) does; every name still has its rows and a note says which are one."""
+    run_dir = Path(shutil.copytree(tiny_sacpo_run["run_dir"], tmp_path / "run"))
+    methods = ["sft", "sacpo", "sacpo[beta_over_lambda=0.025]", "p-sacpo", "p-sacpo[q=0.75]", "p-sacpo[q=0.5]"]
+    result = run_cli("run", "--methods", ",".join(methods), "--preset", "tiny", "--quiet", "--out", str(run_dir),
+                     check=True, timeout=1800)
+    trained = [line.split()[2] for line in result.stderr.splitlines() if line.startswith("[run ]")]
+    assert "p-sacpo[q=0.5]" in trained
+    assert not {"sacpo", "sacpo[beta_over_lambda=0.025]", "p-sacpo", "p-sacpo[q=0.75]"} & set(trained)
+    stages = [d.name.rsplit("-", 1)[0] for d in (run_dir / "stages").iterdir()]  # NAME-KEY, brackets as '-'
+    assert sorted(n for n in stages if "sacpo" in n and not n.startswith("generate")
+                  and not n.startswith("score")) == ["p-sacpo", "p-sacpo-q-0.5-", "sacpo"]
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    entries = manifest["methods"]
+    assert entries["sacpo[beta_over_lambda=0.025]"]["checkpoint"] == entries["sacpo"]["checkpoint"]
+    assert entries["sacpo[beta_over_lambda=0.025]"]["trained_as"] == "sacpo"
+    assert entries["p-sacpo[q=0.75]"]["key"] == entries["p-sacpo"]["key"] != entries["p-sacpo[q=0.5]"]["key"]
+    store = RunStore(run_dir)
+    try:
+        results = store.results()
+    finally:
+        store.close()
+    assert set(results["method"]) == set(methods)
+    responses = {m: results[results["method"] == m].sort_values(["suite", "prompt_id", "sample_idx"])["response"].tolist()
+                 for m in ("sacpo", "sacpo[beta_over_lambda=0.025]")}
+    assert responses["sacpo"] == responses["sacpo[beta_over_lambda=0.025]"]
+    generated = [json.loads((d / "DONE.json").read_text())["rows_written"]
+                 for d in (run_dir / "stages").glob("generate-sacpo-beta_over_lambda-0.025--*")]
+    assert generated == [0, 0, 0]  # one per suite; the samples are sacpo's, none generated again
+    summary = (run_dir / "summary.md").read_text()
+    assert "| sacpo[beta_over_lambda=0.025] | tiny-harmful |" in summary
+    assert "- sacpo[beta_over_lambda=0.025]: same settings as sacpo; trained once" in summary
+    assert "- p-sacpo[q=0.75]: same settings as p-sacpo; trained once" in summary

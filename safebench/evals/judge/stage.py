@@ -145,6 +145,24 @@ def summarize(db, stage_key: str, config: JudgeConfig) -> list[dict]:
     return metrics
 
 
+def shared_samples(evaluations: list[dict]) -> tuple[list[dict], dict[str, list[str]], list[str]]:
+    """The evaluations to ask the judge about, one per sample set (gen_key); for each sample set the
+    other methods it belongs to; notes saying so. Methods with equal settings are trained once
+    (config.share_stages) and so have the same samples: each judgment is asked once and recorded
+    for every one of them."""
+    first: dict[str, dict] = {}
+    sharing: dict[str, list[str]] = {}
+    notes: list[str] = []
+    for ev in evaluations:
+        if ev["gen_key"] not in first:
+            first[ev["gen_key"]], sharing[ev["gen_key"]] = ev, []
+            continue
+        sharing[ev["gen_key"]].append(ev["method"])
+        notes.append(f"{ev['method']}/{ev['suite']}: the samples of {first[ev['gen_key']]['method']} "
+                     f"(same checkpoint), judged once and recorded for both")
+    return list(first.values()), sharing, notes
+
+
 def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_key: str,
                     *, show_progress: bool = True) -> dict:
     """Judge the samples of `evaluations` (manifest entries: method, suite, gen_key, ...).
@@ -156,11 +174,18 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
     config = parse_judge_config(judge_config)
     db = store.db
     ensure_tables(db)
-    requests, notes = build_requests(store, config, evaluations)
+    asked, sharing, shared_notes = shared_samples(evaluations)
+    requests, notes = build_requests(store, config, asked)
+    notes += shared_notes
+
+    def item_ids(request: JudgeRequest) -> list[str]:
+        return [request.item_id, *(f"{request.item_id}|{m}" for m in sharing[request.meta["gen_key"]])]
+
     finished = {item for (item,) in db.execute(
         "SELECT item_id FROM judge_judgments WHERE stage_key=? AND status IN (?,?)",
         (stage_key, *FINAL_STATUSES))}
-    todo = [r for r in requests if r.item_id not in finished]
+    todo = [r for r in requests if not finished.issuperset(item_ids(r))]
+    expected = sum(len(item_ids(r)) for r in requests)
 
     cache = JudgeCache(config.resolved_cache_path())
     insert = (
@@ -173,9 +198,16 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
         # Nothing to ask (a finished stage being re-summarised): no server to start either.
         with reachable_judge(config) if todo else contextlib.nullcontext(config) as live_config:
             client = JudgeClient(live_config, cache, show_progress=show_progress)
-            # Each verdict is committed on arrival (autocommit, WAL): a SIGKILL loses at most the
-            # calls in flight, and those are still in the cache if their answers had arrived.
-            stats = client.run(todo, lambda outcome: db.execute(insert, _row(stage_key, config, outcome)))
+            # Each verdict is committed on arrival, with its copies for the methods sharing the
+            # samples in the same transaction (WAL): a SIGKILL loses at most the calls in flight,
+            # and those are still in the cache if their answers had arrived.
+            def record(outcome: Outcome) -> None:
+                row = _row(stage_key, config, outcome)
+                copies = [{**row, "item_id": f"{row['item_id']}|{m}", "method": m} for m in sharing[row["gen_key"]]]
+                with store.transaction():
+                    db.executemany(insert, [row, *copies])
+
+            stats = client.run(todo, record)
     finally:
         cache.close()
 
@@ -203,9 +235,9 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
     summary = {
         "stage_key": stage_key,
         "judge": config.recorded(),  # the config holds the env var's name, never the key
-        "expected": len(requests),
+        "expected": expected,
         "counts": {s: counts.get(s, 0) for s in ("scored", "unparsed", "error", "not_judged")},
-        "complete": not undone and sum(counts.get(s, 0) for s in FINAL_STATUSES) == len(requests),
+        "complete": not undone and sum(counts.get(s, 0) for s in FINAL_STATUSES) == expected,
         "not_judged": undone,
         "unparsed_reasons": unparsed_reasons,
         "cost_usd_total": total_cost,
