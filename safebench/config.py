@@ -44,6 +44,9 @@ class DataConfig(StrictModel):
     # models report accuracy on them (preference_heldout.jsonl). Not for tiny-world, whose oracle
     # already grades every sample.
     heldout_fraction: float = Field(0.0, ge=0, lt=1)
+    # pyrit-human-labels: add harmless answers to benign prompts (and their harmful twins), so the
+    # score models see more than red-team prompts (safebench/data.py, "benign pairs")
+    benign_pairs: bool = False
     # jsonl: local files in the PKU-SafeRLHF shape
     preference_file: str | None = None
     sft_file: str | None = None

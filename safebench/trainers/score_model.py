@@ -105,15 +105,19 @@ def encode_pairs(tokenizer, pairs: list[dict], template: str, max_length: int) -
     return items
 
 
-def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[dict]) -> dict:
+def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[dict], sides: bool = False) -> dict:
     """accuracy: share of pairs ordered as labelled; cost models add sign_accuracy, the share of
-    responses on the labelled side of 0 (safe <= 0 < unsafe)."""
+    responses on the labelled side of 0 (safe <= 0 < unsafe), and with `sides` the same for the
+    unsafer and the safer response of each pair apart (a pair of an answer and a refusal, both
+    labelled safe, is half right by the refusal alone)."""
     metrics = {"accuracy": (high > low).float().mean().item()}
     if kind == "cost":
-        high_sign = torch.tensor([c["high_sign"] for c in chunk])
-        low_sign = torch.tensor([c["low_sign"] for c in chunk])
-        metrics["sign_accuracy"] = torch.cat([(high > 0) == (high_sign > 0),
-                                              (low > 0) == (low_sign > 0)]).float().mean().item()
+        high_right = (high > 0) == (torch.tensor([c["high_sign"] for c in chunk]) > 0)
+        low_right = (low > 0) == (torch.tensor([c["low_sign"] for c in chunk]) > 0)
+        metrics["sign_accuracy"] = torch.cat([high_right, low_right]).float().mean().item()
+        if sides:
+            metrics["unsafer_sign_accuracy"] = high_right.float().mean().item()
+            metrics["safer_sign_accuracy"] = low_right.float().mean().item()
     return metrics
 
 
@@ -127,9 +131,27 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
         ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
                                        tokenizer.pad_token_id, side="right")
         scores = end_scores(model, ids, mask)
-        for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk).items():
+        for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
     return totals
+
+
+def heldout_metrics(model, tokenizer, recipe: Recipe, records: list[dict], template: str) -> dict:
+    """heldout_* over all held-out pairs and, where records of several `kind`s are held out
+    (red-team, benign, harmful), heldout_KIND_* for each: a kind's accuracy can hide another's."""
+    items = encode_pairs(tokenizer, pairs_for(recipe.kind, records), template, recipe.max_length)
+    kinds = [(r.get("kind") or "other").replace("-", "_") for r in records]
+    groups = {"": items}
+    if len(set(kinds)) > 1:
+        groups = {f"{kind}_": [i for i, k in zip(items, kinds) if k == kind] for kind in sorted(set(kinds))}
+    metrics, totals = {}, {}
+    for prefix, group in groups.items():
+        for key, value in evaluate(model, tokenizer, recipe.kind, group, recipe.micro_batch_size).items():
+            metrics[f"heldout_{prefix}{key}"] = value
+            totals[key] = totals.get(key, 0.0) + value * len(group) / len(items)
+        metrics[f"heldout_{prefix}pairs"] = float(len(group))
+    # evaluate weights by pair count, so the pooled metrics are the count-weighted group means
+    return {**metrics, **{f"heldout_{k}": v for k, v in totals.items()}, "heldout_pairs": float(len(items))}
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
@@ -156,9 +178,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
 
     steps = train_supervised(ctx, recipe, model, items, loss_fn)
     if ctx.data.heldout:
-        heldout = encode_pairs(tokenizer, pairs_for(recipe.kind, ctx.data.heldout), ctx.template, recipe.max_length)
-        metrics = evaluate(model, tokenizer, recipe.kind, heldout, recipe.micro_batch_size)
         # Logged at the last training step, so the curves show where training left the model.
-        ctx.log(steps, **{f"heldout_{k}": v for k, v in metrics.items()}, heldout_pairs=float(len(heldout)))
+        ctx.log(steps, **heldout_metrics(model, tokenizer, recipe, ctx.data.heldout, ctx.template))
     modeling.save_checkpoint(model, tokenizer, ctx.out_dir)
     clear_state(ctx)

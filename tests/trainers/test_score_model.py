@@ -53,12 +53,16 @@ def test_pairs_follow_the_preference_labels():
 
 # --- held-out accuracy and the frozen lower layers (the smol preset uses both) ---------------
 class LengthScorer(torch.nn.Module):
-    """A stand-in score model whose score is the number of real tokens minus 3."""
+    """A stand-in score model whose score is the number of real tokens minus `offset`."""
+
+    def __init__(self, offset: int = 3):
+        super().__init__()
+        self.offset = offset
 
     def forward(self, input_ids, attention_mask):
         from types import SimpleNamespace
 
-        return SimpleNamespace(logits=(attention_mask.sum(dim=1, keepdim=True) - 3).float())
+        return SimpleNamespace(logits=(attention_mask.sum(dim=1, keepdim=True) - self.offset).float())
 
 
 def test_heldout_metrics_count_ordered_pairs_and_sides_of_zero():
@@ -117,7 +121,30 @@ def test_train_layers_trains_only_the_top_layers_and_logs_heldout_accuracy(tmp_p
     assert after["score.weight"].abs().sum() > 0
     last_step, final = logged[-1]
     assert last_step == 2 and final["heldout_pairs"] == 1.0
-    assert set(final) == {"heldout_accuracy", "heldout_sign_accuracy", "heldout_pairs"}
+    assert set(final) == {"heldout_accuracy", "heldout_sign_accuracy", "heldout_unsafer_sign_accuracy",
+                          "heldout_safer_sign_accuracy", "heldout_pairs"}
+
+
+def test_heldout_metrics_of_each_kind_and_pooled(tiny_three_layer):
+    """Held-out pairs of several kinds: each kind's metrics, and the pooled ones weighted by pairs."""
+    from safebench import modeling
+    from safebench.trainers import score_model
+
+    tokenizer = modeling.load_tokenizer(tiny_three_layer)
+    benign = [{**record(f"benign {i}", "no", "sure, here is a long and harmless answer"), "kind": "benign",
+               "is_response_0_safe": True} for i in range(3)]
+    red_team = [{**record("red team", "a long refusal that goes on and on and on", "ok"), "kind": "red-team"}]
+    recipe = score_model.Recipe(trainer="score_model", kind="cost", max_length=32)
+    # the longer response is the costlier one, and the short refusal "no" sits exactly at 0
+    shortest = len(score_model.encode_pairs(tokenizer, score_model.pairs_for("cost", benign), "plain", 32)[0]["low_ids"])
+    metrics = score_model.heldout_metrics(LengthScorer(shortest), tokenizer, recipe, benign + red_team, "plain")
+    assert metrics["heldout_benign_pairs"] == 3.0 and metrics["heldout_red_team_pairs"] == 1.0
+    assert metrics["heldout_benign_accuracy"] == 1.0 and metrics["heldout_red_team_accuracy"] == 0.0
+    assert metrics["heldout_accuracy"] == pytest.approx(3 / 4)
+    # benign answers are labelled safe but score above 0: only their refusals are on the right side
+    assert metrics["heldout_benign_unsafer_sign_accuracy"] == 0.0
+    assert metrics["heldout_benign_safer_sign_accuracy"] == 1.0
+    assert metrics["heldout_pairs"] == 4.0
 
 
 def test_train_layers_beyond_the_model_is_a_usage_error(tiny_three_layer):
