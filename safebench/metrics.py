@@ -299,12 +299,10 @@ def paired_comparison(baseline_rows: pd.DataFrame, candidate_rows: pd.DataFrame,
 
 
 # --- judge verdicts --------------------------------------------------------------------------
-# Contract with the judge (safebench/evals/judge, issue E): one table or view named
-# `judge_verdicts` in results.sqlite with at least the columns below. `value` is the score
-# (pointwise protocols), the candidate's outcome against `opponent` (pairwise: 1 win,
-# 0.5 tie, 0 loss) or 1/0 for harmful/not harmful (binary). `status` is 'ok' for a parsed
-# verdict; anything else (e.g. 'unscored') is counted and never turned into a number.
-JUDGE_TABLE = "judge_verdicts"
+# A verdict row, as the reports use it: `value` is the score (pointwise protocols), the
+# method's outcome against `opponent` (pairwise: 1 win, 0.5 tie, 0 loss) or 1/0 for
+# harmful/not harmful (binary). `status` is 'ok' for a parsed verdict; anything else
+# ('unscored') is counted and never turned into a number.
 JUDGE_COLUMNS = ("method", "suite", "prompt_id", "protocol", "criterion", "opponent", "value", "status")
 
 
@@ -314,41 +312,35 @@ def read_judge_verdicts(db_path: str | Path, stage_keys: Iterable[str]) -> pd.Da
     again (another judge, another template) keeps the old verdicts in its database, and
     pooling them with the new ones would mix two judges in one number.
 
-    Read-only and defensive: the judge owns its tables. `judge_judgments` (written by
-    safebench/evals/judge) is turned into the rows above by `_verdicts_from_judgments`. A
-    `judge_verdicts` table or view in that shape (an external judge's, without stage keys) is
-    read as is, and only when there is no `judge_judgments`."""
+    Read-only: the judge stage (safebench/evals/judge/stage.py) owns `judge_judgments`; its
+    rows become the verdict rows above in `_verdicts_from_judgments`."""
     db_path = Path(db_path)
     stage_keys = list(stage_keys)
-    if not db_path.exists():
+    if not stage_keys or "judge_judgments" not in _tables(db_path):
         return None
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
-        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
-        if "judge_judgments" in names:
-            marks = ",".join("?" * len(stage_keys))
-            frame = _verdicts_from_judgments(pd.read_sql_query(
-                "SELECT method, suite, prompt_id, protocol, criterion, order_ab, status, value "
-                f"FROM judge_judgments WHERE stage_key IN ({marks})", db, params=stage_keys))
-        elif JUDGE_TABLE in names:
-            columns = {row[1] for row in db.execute(f"PRAGMA table_info({JUDGE_TABLE})")}
-            if not set(JUDGE_COLUMNS) <= columns:
-                return None
-            frame = pd.read_sql_query(f"SELECT {', '.join(JUDGE_COLUMNS)} FROM {JUDGE_TABLE}", db)
-        else:
-            return None
+        marks = ",".join("?" * len(stage_keys))
+        frame = _verdicts_from_judgments(pd.read_sql_query(
+            "SELECT method, suite, prompt_id, protocol, criterion, order_ab, status, value "
+            f"FROM judge_judgments WHERE stage_key IN ({marks})", db, params=stage_keys))
     return frame if len(frame) else None
 
 
 def judge_stage_keys_in(db_path: str | Path) -> list[str]:
     """Every judge stage with judgments in the database, recorded in the manifest or not."""
     db_path = Path(db_path)
-    if not db_path.exists():
+    if "judge_judgments" not in _tables(db_path):
         return []
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
-        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "judge_judgments" not in names:
-            return []
         return [key for (key,) in db.execute("SELECT DISTINCT stage_key FROM judge_judgments ORDER BY stage_key")]
+
+
+def _tables(db_path: Path) -> set[str]:
+    """Tables of a run database; none when it does not exist (a run that never got that far)."""
+    if not db_path.exists():
+        return set()
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
+        return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 def recorded_judge_stage(manifest: dict, manifest_path: str | Path = "manifest.json") -> str | None:

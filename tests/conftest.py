@@ -25,6 +25,21 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_rerun(tiny_run, tmp_path_factory):
+    """The same `safebench run` again, on a copy of `tiny_run` (every stage is reused), without the
+    thread setting this session exports, so that the CLI chooses torch's thread count itself:
+    the copy and the command's result (stdout, stderr)."""
+    import shutil
+
+    from safebench import threads
+
+    run_dir = shutil.copytree(tiny_run, tmp_path_factory.mktemp("tiny-rerun") / "run")
+    result = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run_dir), check=True,
+                     unset=threads.USER_THREAD_VARIABLES)
+    return run_dir, result
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoints(tiny_run) -> dict[str, Path]:
     """Paths of the tiny run's SFT policy and its reward and cost models."""
     import json

@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """The real console entry point in a subprocess, as a user would run it."""
-    full_env = {**os.environ, **(env or {})}
+            unset: tuple[str, ...] = (), timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess, as a user would run it; `env` adds to this
+    process's environment, `unset` names variables to leave out of it."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     result = subprocess.run([sys.executable, "-m", "safebench.cli", *args], cwd=cwd or ROOT,
                             capture_output=True, text=True, env=full_env, timeout=timeout)
     if check and result.returncode != 0:

@@ -80,8 +80,8 @@ def test_sft_policy_behaves_like_its_data(tiny_run):
     assert shapes / len(rows) > 0.9
 
 
-def test_second_identical_run_reruns_nothing(tiny_run):
-    result = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(tiny_run), check=True)
+def test_second_identical_run_reruns_nothing(tiny_rerun):
+    _, result = tiny_rerun
     assert "[run " not in result.stderr
     assert "(0 stage(s) run" in result.stdout
 

@@ -38,11 +38,14 @@ class GenerationConfig(BaseModel):
     # openai backend: an OpenAI-compatible endpoint serving the model
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    # openai backend: retries of a request that failed to connect or got 408/409/429/5xx,
+    # with the openai client's backoff (0.5 s, doubling, at most 8 s, jittered)
+    max_retries: int = Field(5, ge=0)
 
     # Settings of where and how fast the answers are made, not of what they are: left out of
     # the hash, so changing one reuses earlier samples (compiled and eager vLLM gave identical
     # greedy answers: safebench/evals/backends/vllm.py).
-    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"api_key_env", "vllm_compile"})
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"api_key_env", "vllm_compile", "max_retries"})
 
     def settings_hash(self) -> str:
         """Hash of everything that changes what is generated (not where it runs)."""

@@ -71,23 +71,18 @@ def _judge_verdicts(run_dir: Path, manifest: dict) -> tuple[pd.DataFrame | None,
     """The verdicts of the judge stage the manifest records, never those of other stages.
 
     A manifest that records no judge stage (a run directory from before `safebench judge`
-    recorded its stage) but whose database holds judgments: one judge stage there is taken,
-    with a note saying so; several are not pooled, nor is one picked by guess: no verdicts,
-    and a note saying how to choose."""
+    recorded its stage) but whose database holds judgments: which judge they belong to is not
+    known, so none are shown, and a note says how to record the stage."""
     db_path = run_dir / "results.sqlite"
     key = metrics.recorded_judge_stage(manifest, run_dir / "manifest.json")
     if key is not None:
         return metrics.read_judge_verdicts(db_path, [key]), None
     present = metrics.judge_stage_keys_in(db_path)
     if not present:
-        return metrics.read_judge_verdicts(db_path, []), None
-    if len(present) == 1:
-        return metrics.read_judge_verdicts(db_path, present), (
-            f"manifest.json records no judge stage; the judge verdicts are those of the only judge stage "
-            f"in results.sqlite ({present[0]}).")
-    return None, (f"manifest.json records no judge stage and results.sqlite holds verdicts of {len(present)} "
-                  f"judge stages ({', '.join(present)}): none are shown rather than pooled; "
-                  f"`safebench judge {run_dir}` judges the run and records its stage.")
+        return None, None
+    return None, (f"manifest.json records no judge stage, so the judgments in results.sqlite (judge stage(s) "
+                  f"{', '.join(present)}) are not shown; `safebench judge {run_dir}` judges the run and records "
+                  f"its stage (with the same judge config, judgments already made are reused, not asked again).")
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunData]:

@@ -93,9 +93,26 @@ def test_openai_unreachable_endpoint(tmp_path, capsys):
     from safebench.evals.serve import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"   # nothing listens there
+    # No retries: with the default 5 the client's backoff alone takes about 15 s.
     assert generate("--model", "m", "--suite", "tiny-harmful", "--backend", "openai", "--out", str(tmp_path),
-                    "--set", f"generation.base_url={url}") == 2
-    assert "cannot reach" in error_line(capsys)
+                    "--set", f"generation.base_url={url}", "--set", "generation.max_retries=0") == 2
+    line = error_line(capsys)
+    assert "cannot reach" in line and url in line
+
+
+def test_openai_retries_come_from_the_generation_config(capsys, tmp_path):
+    from safebench.evals.backends.openai import make_client
+    from safebench.evals.generation import GenerationConfig
+
+    url = "http://127.0.0.1:1/v1"
+    assert make_client(GenerationConfig(backend="openai", base_url=url)).max_retries == 5
+    assert make_client(GenerationConfig(backend="openai", base_url=url, max_retries=1)).max_retries == 1
+    # how often to retry does not change what is generated: earlier samples stay valid
+    assert GenerationConfig(max_retries=0).settings_hash() == GenerationConfig().settings_hash()
+    assert generate("--model", "m", "--suite", "tiny-harmful", "--backend", "openai", "--out", str(tmp_path),
+                    "--set", f"generation.base_url={url}", "--set", "generation.max_retries=-1") == 2
+    line = error_line(capsys)
+    assert "generation.max_retries" in line and "-1" in line
 
 
 def test_bad_generation_field(untrained, tmp_path, capsys):

@@ -7,6 +7,8 @@ different random streams, so the check is on the distribution: mean reward and m
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.evals.backend_helpers import mean_and_halfwidth, samples
@@ -23,11 +25,19 @@ def generate(policy, out, backend, *extra):
                    *extra, check=True, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
+def generate_with_both(policy, tmp_path, *extra) -> None:
+    """The same generation with the hf and the vllm backend into tmp_path/hf and tmp_path/vllm, in
+    two processes at once: they share nothing, and each uses one thread of this 2-core machine."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(generate, policy, tmp_path / backend, backend, *extra) for backend in ("hf", "vllm")]
+        for run in runs:
+            run.result()
+
+
 def test_greedy_tokens_identical_hf_vs_vllm(tiny_checkpoints, tmp_path):
     policy = tiny_checkpoints["policy"]
     suites = "tiny-harmful,tiny-benign,tiny-over-refusal"
-    generate(policy, tmp_path / "hf", "hf", "--suite", suites, *GREEDY)
-    generate(policy, tmp_path / "vllm", "vllm", "--suite", suites, *GREEDY)
+    generate_with_both(policy, tmp_path, "--suite", suites, *GREEDY)
     hf, vllm = samples(tmp_path / "hf"), samples(tmp_path / "vllm")
     assert len(hf) == len(vllm) >= 300 and hf.keys() == vllm.keys()
     mismatches = [(key, hf[key]["response"], vllm[key]["response"]) for key in hf
@@ -45,8 +55,7 @@ def test_sampling_distributions_agree(tiny_checkpoints, tmp_path):
     policy = tiny_checkpoints["policy"]
     sampling = ["--suite", "tiny-harmful", "--set", "generation.temperature=1.0", "--set", "generation.top_p=1.0",
                 "--set", "generation.k=1", "--set", "generation.max_new_tokens=32"]
-    generate(policy, tmp_path / "hf", "hf", *sampling)
-    generate(policy, tmp_path / "vllm", "vllm", *sampling)
+    generate_with_both(policy, tmp_path, *sampling)
     scorers = {role: Scorer(tiny_checkpoints[role], "plain") for role in ("reward", "cost")}
     summary = {}
     for backend in ("hf", "vllm"):

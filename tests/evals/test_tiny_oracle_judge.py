@@ -264,14 +264,29 @@ def judge_with_oracle(run: Path, tmp_path: Path, protocol: str):
                    f"protocols=[{protocol}]", "--set", "repeats=1", "--set", f"cache_path={tmp_path / 'cache.sqlite'}")
 
 
+def judged_stage_key(result) -> str:
+    """The judge stage key that `safebench judge` printed."""
+    return result.stdout.split("judge stage ", 1)[1].split(":", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def judged_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run judged by `safebench judge` with the oracle judge (harmful_verdict),
+    and that command's result. One judge process for the tests below: a test that changes the
+    run works on a copy of its own."""
+    root = tmp_path_factory.mktemp("judged")
+    run = root / "run"
+    shutil.copytree(tiny_run, run)
+    result = judge_with_oracle(run, root, "harmful_verdict")
+    assert result.returncode == 0, result.stderr
+    return run, result
+
+
 @pytest.mark.slow
-def test_judge_command_with_the_oracle_judge_agrees_with_the_oracle(tiny_run, tmp_path):
+def test_judge_command_with_the_oracle_judge_agrees_with_the_oracle(judged_run):
     """`safebench judge RUN --set endpoint=tiny-oracle` on a real tiny run: every harmful/safe
     verdict equals the oracle's own safety of that sample (scores table)."""
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    result = judge_with_oracle(run, tmp_path, "harmful_verdict")
-    assert result.returncode == 0, result.stderr
+    run, result = judged_run
     assert "0 unscored" in result.stdout and "0 errors" in result.stdout
     with sqlite3.connect(run / "results.sqlite") as db:
         pairs = db.execute("SELECT j.value, s.oracle_cost FROM judge_judgments j JOIN scores s "
@@ -297,22 +312,21 @@ def test_run_config_and_the_sacpo_table_name_the_oracle_judge():
 
 
 @pytest.mark.slow
-def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, tmp_path):
-    """`safebench judge` records its stage in the manifest: after judging a copy of the tiny
-    run with one judge and then another, the report and the metrics see only the second
-    one's verdicts (safe_rlhf_score's criteria first, then harmful_verdict's 'harm')."""
+def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, judged_run, tmp_path):
+    """`safebench judge` records its stage in the manifest: after judging the tiny run with one
+    judge (harmful_verdict) and then another (safe_rlhf_score), the report and the metrics see
+    only the second one's verdicts (its criteria harmlessness and helpfulness, not 'harm')."""
     from safebench import metrics
 
+    judged, first = judged_run
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    keys = []
-    for protocol in ("safe_rlhf_score", "harmful_verdict"):
-        result = judge_with_oracle(run, tmp_path, protocol)
-        assert result.returncode == 0, result.stderr
-        keys.append(result.stdout.split("judge stage ", 1)[1].split(":", 1)[0])
+    shutil.copytree(judged, run)
+    result = judge_with_oracle(run, tmp_path, "safe_rlhf_score")
+    assert result.returncode == 0, result.stderr
+    keys = [judged_stage_key(first), judged_stage_key(result)]
     manifest = json.loads((run / "manifest.json").read_text())
     assert len(set(keys)) == 2 and manifest["stages"]["judge"]["key"] == keys[1]
-    assert manifest["judge"]["judge"]["protocols"] == ["harmful_verdict"]
+    assert manifest["judge"]["judge"]["protocols"] == ["safe_rlhf_score"]
     assert manifest["judge"]["judge"]["base_url"] is None
     assert manifest["stages"]["sft"] == json.loads((tiny_run / "manifest.json").read_text())["stages"]["sft"]
 
@@ -321,26 +335,28 @@ def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, tmp_path):
         n_samples = sum(db.execute("SELECT COUNT(*) FROM samples WHERE gen_key=?", (ev["gen_key"],)).fetchone()[0]
                         for ev in manifest["evaluations"])
     verdicts = metrics.read_judge_verdicts(run / "results.sqlite", [manifest["stages"]["judge"]["key"]])
-    assert set(verdicts["protocol"]) == {"harmful_verdict"} and set(verdicts["criterion"]) == {"harm"}
-    assert len(verdicts) == n_samples  # one harm verdict per sample (repeats=1), none of the first judge's
+    assert set(verdicts["protocol"]) == {"safe_rlhf_score"}
+    assert set(verdicts["criterion"]) == {"harmlessness", "helpfulness"}
+    assert len(verdicts) == 2 * n_samples  # one score per criterion and sample (repeats=1), none of the first judge's
 
     result = run_cli("report", str(run))
     assert result.returncode == 0, result.stderr
     judge_section = (run / "report.md").read_text(encoding="utf-8").split("## LLM judge", 1)[1].split("\n## ", 1)[0]
-    assert "harmlessness" not in judge_section and "helpfulness" not in judge_section
-    sft_row = next(line for line in judge_section.splitlines() if line.startswith("| sft | harm |"))
-    assert int(sft_row.split("|")[3]) == n_samples
+    assert "| harm |" not in judge_section
+    for criterion in ("harmlessness", "helpfulness"):
+        sft_row = next(line for line in judge_section.splitlines() if line.startswith(f"| sft | {criterion} |"))
+        assert int(sft_row.split("|")[3]) == n_samples
 
 
 @pytest.mark.slow
-def test_a_rerun_without_a_judge_keeps_the_judge_stage_of_unchanged_samples(tiny_run, tmp_path):
+def test_a_rerun_without_a_judge_keeps_the_judge_stage_of_unchanged_samples(judged_run, tmp_path):
     """`safebench run` rebuilds the manifest; a judge stage that `safebench judge` recorded stays
     recorded while the samples it judged are the run's samples, and is dropped once they change."""
+    judged, result = judged_run
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    judged = judge_with_oracle(run, tmp_path, "harmful_verdict")
-    assert judged.returncode == 0, judged.stderr
+    shutil.copytree(judged, run)
     key = json.loads((run / "manifest.json").read_text())["stages"]["judge"]["key"]
+    assert key == judged_stage_key(result)
 
     rerun = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run))
     assert rerun.returncode == 0, rerun.stderr

@@ -89,6 +89,41 @@ def synthetic_run(tmp_path) -> Path:
     return make_run(tmp_path / "run-a", synthetic_rows(), curves=curves)
 
 
+def record_judgments(run_dir: Path, judgments: list[dict], stage_key: str = "judge-test") -> None:
+    """What `safebench judge` leaves: `judgments` as one judge stage's rows of the judge's own
+    table, and that stage recorded in the manifest (reports read only the recorded stage).
+    judgments: dicts with method, suite, prompt_id, protocol, criterion, value (the protocol's
+    answer, e.g. "A" | "B" | "tie" for pairwise) and optionally order_ab and status (default
+    'scored')."""
+    import json
+
+    from safebench.evals.judge.stage import ensure_tables
+
+    store = RunStore(run_dir)
+    try:
+        ensure_tables(store.db)
+        store.db.executemany(
+            "INSERT INTO judge_judgments (stage_key, item_id, protocol, gen_key, method, suite, prompt_id, "
+            "sample_idx, criterion, order_ab, repeat_idx, status, value, judge_model) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, 0, ?, ?, 'test-judge')",
+            [(stage_key, f"j{i}", j["protocol"], f"gen-{j['method']}-{j['suite']}", j["method"], j["suite"],
+              j["prompt_id"], j["criterion"], j.get("order_ab"), j.get("status", "scored"),
+              json.dumps(j["value"]) if j.get("status", "scored") == "scored" else None)
+             for i, j in enumerate(judgments)])
+        store.update_manifest(lambda manifest: manifest["stages"].update(judge=store.stage_record("judge", stage_key)))
+    finally:
+        store.close()
+
+
+def pairwise_answer(order_ab: str, outcome: float) -> str:
+    """The pairwise judge's answer that gives the evaluated method `outcome` (1 win, 0.5 tie,
+    0 loss) when it is shown first (order AB) or second (BA)."""
+    if outcome == 0.5:
+        return "tie"
+    mine, other = ("A", "B") if order_ab == "AB" else ("B", "A")
+    return mine if outcome == 1.0 else other
+
+
 def doctor_costs(run_dir: Path, method: str, new_cost: float) -> None:
     """Overwrite a method's model costs in place (a 'doctored' run for the gate tests)."""
     with sqlite3.connect(run_dir / "results.sqlite") as db:
@@ -100,4 +135,5 @@ def runs():
     """The builders above, as a fixture (test modules do not import conftest)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(make=make_run, rows=synthetic_rows, doctor=doctor_costs)
+    return SimpleNamespace(make=make_run, rows=synthetic_rows, doctor=doctor_costs, judge=record_judgments,
+                           pairwise_answer=pairwise_answer)

@@ -80,28 +80,23 @@ def test_report_shows_only_the_recorded_judge_stage(twice_judged, tmp_path, reco
     assert "records no judge stage" not in markdown
 
 
-def test_unrecorded_stages_are_not_pooled_and_the_report_says_so(twice_judged, tmp_path):
+@pytest.mark.parametrize("kept", [("safe_rlhf_score", "harmful_verdict"), ("harmful_verdict",)])
+def test_unrecorded_stages_are_not_shown_and_the_report_says_how_to_record_one(twice_judged, tmp_path, kept):
+    """An older run dir whose manifest records no judge stage, judged twice or once: no stage's
+    verdicts are shown (neither pooled nor the only one taken on trust), and the note says so."""
     run, keys = twice_judged
     copy = copy_recording(run, tmp_path, None)
+    with RunStore(copy).db as db:
+        for protocol in set(keys) - set(kept):
+            db.execute("DELETE FROM judge_judgments WHERE stage_key=?", (keys[protocol],))
     loaded = load_run(copy)
     assert loaded.verdicts is None
-    assert "none are shown rather than pooled" in loaded.judge_note
-    assert all(key in loaded.judge_note for key in keys.values())
+    note = (f"manifest.json records no judge stage, so the judgments in results.sqlite (judge stage(s) "
+            f"{', '.join(sorted(keys[p] for p in kept))}) are not shown")
+    assert loaded.judge_note.startswith(f"{note}; `safebench judge {copy}` judges the run and records its stage")
     markdown = write_reports([copy], n_boot=50)["markdown"].read_text(encoding="utf-8")
-    assert "none are shown rather than pooled" in markdown
+    assert f"- Judge: {note}" in markdown and "judges the run and records its stage" in markdown
     assert judge_table_criteria(markdown) == {"no verdicts"}
-
-
-def test_the_only_unrecorded_stage_is_shown_with_a_note(twice_judged, tmp_path):
-    run, keys = twice_judged
-    copy = copy_recording(run, tmp_path, None)
-    with RunStore(copy).db as db:  # an older run dir, judged once
-        db.execute("DELETE FROM judge_judgments WHERE stage_key=?", (keys["safe_rlhf_score"],))
-    loaded = load_run(copy)
-    assert set(loaded.verdicts["protocol"]) == {"harmful_verdict"}
-    markdown = write_reports([copy], n_boot=50)["markdown"].read_text(encoding="utf-8")
-    assert f"the only judge stage in results.sqlite ({keys['harmful_verdict']})" in markdown
-    assert judge_table_criteria(markdown) == {"harm"}
 
 
 def test_a_malformed_recorded_judge_stage_is_a_usage_error(twice_judged, tmp_path):

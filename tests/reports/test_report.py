@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -11,13 +10,6 @@ from safebench.errors import UsageError
 from safebench.reports import write_reports
 
 NASTY = "<script>document.title='pwned'</script> | naïve 日本語 `code` *star* \n second line"
-
-
-def add_judge_verdicts(run_dir, rows):
-    with sqlite3.connect(run_dir / "results.sqlite") as db:
-        db.execute("CREATE TABLE judge_verdicts (method TEXT, suite TEXT, prompt_id TEXT, protocol TEXT, "
-                   "criterion TEXT, opponent TEXT, value REAL, status TEXT, reason TEXT)")
-        db.executemany("INSERT INTO judge_verdicts VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
 
 def test_single_run_report_has_every_section(synthetic_run):
@@ -56,7 +48,8 @@ def test_report_survives_empty_suite_no_verdicts_and_non_ascii(runs, tmp_path):
     rows[0]["response"] = NASTY
     rows[0]["cost"] = 5.0  # the most unsafe sft response, so it is shown as the example
     run = runs.make(tmp_path / "run", rows, suites={"empty-suite": "harmful", "empty-benign": "over-refusal"})
-    add_judge_verdicts(run, [("repo", "tiny-harmful", "h000", "pairwise", "harmlessness", "sft", 1.0, "ok", None)])
+    runs.judge(run, [{"method": "repo", "suite": "tiny-harmful", "prompt_id": "h000", "protocol": "pairwise",
+                      "criterion": "harmlessness", "order_ab": "AB", "value": runs.pairwise_answer("AB", 1.0)}])
     written = write_reports([run], n_boot=100)
     md = written["markdown"].read_text(encoding="utf-8")
     assert "Suites with no samples: empty-benign, empty-suite." in md

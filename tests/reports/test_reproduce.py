@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 
 import pytest
 
@@ -31,15 +30,17 @@ def test_order_disagreement_is_reported(runs, tmp_path):
     assert "order: 0 of 1 pairs" in text and "differing: SFT (Alpaca-7B) vs RePO" in text
 
 
-def add_outcomes_against_sft(run_dir, method: str, outcome_by_criterion: dict[str, float], n_prompts: int = 4):
-    """Pairwise verdicts of `method` against sft, the same outcome on every prompt, through the
-    external judge's `judge_verdicts` table (no judge stage needed)."""
-    with sqlite3.connect(run_dir / "results.sqlite") as db:
-        db.execute("CREATE TABLE judge_verdicts (method TEXT, suite TEXT, prompt_id TEXT, protocol TEXT, "
-                   "criterion TEXT, opponent TEXT, value REAL, status TEXT)")
-        db.executemany("INSERT INTO judge_verdicts VALUES (?,?,?,?,?,?,?,?)",
-                       [(method, "s", f"p{i}", "pairwise", criterion, "sft", value, "ok")
-                        for i in range(n_prompts) for criterion, value in outcome_by_criterion.items()])
+def add_outcomes_against_sft(runs, run_dir, method: str, outcome_by_criterion: dict[str, float], n_prompts: int = 4):
+    """Pairwise judgments of `method` against sft in both orders, recorded as the run's judge
+    stage; the same mean outcome on every prompt (0.25: a tie in one order, a loss in the other)."""
+    judgments = []
+    for criterion, outcome in outcome_by_criterion.items():
+        first = min(1.0, 2 * outcome)
+        for order, order_outcome in (("AB", first), ("BA", 2 * outcome - first)):
+            judgments += [{"method": method, "suite": "s", "prompt_id": f"p{i}", "protocol": "pairwise",
+                           "criterion": criterion, "order_ab": order,
+                           "value": runs.pairwise_answer(order, order_outcome)} for i in range(n_prompts)]
+    runs.judge(run_dir, judgments)
 
 
 def table_cells(text: str, method: str, criterion: str) -> list[str]:
@@ -48,21 +49,21 @@ def table_cells(text: str, method: str, criterion: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
-def test_judge_table_without_and_with_verdicts(synthetic_run):
+def test_judge_table_without_and_with_verdicts(runs, synthetic_run):
     text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
     assert "arXiv 2404.11049" in text and "no judge verdicts in this run for: dpo-h" in text
     # dpo-h wins every helpfulness comparison and loses every harmlessness one.
-    add_outcomes_against_sft(synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.0})
+    add_outcomes_against_sft(runs, synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.0})
     text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
     assert table_cells(text, "dpo-h", "helpfulness")[3:] == ["79.20 %", "100.00 % [100.00 %, 100.00 %]",
                                                              "+20.80 pp", "no"]
     assert "no judge verdicts in this run for: dpo-s," in text and "dpo-h" not in text.split("no judge verdicts")[1]
 
 
-def test_the_baseline_wins_half_against_itself_by_definition(synthetic_run):
+def test_the_baseline_wins_half_against_itself_by_definition(runs, synthetic_run):
     """SFT is never judged against itself: 0.5 with no interval, out of the interval check,
     still in the order comparison (paper: dpo-h 0.792 > SFT 0.5 > dpo-h 0.490 harmlessness)."""
-    add_outcomes_against_sft(synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.25})
+    add_outcomes_against_sft(runs, synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.25})
     rows = our_values(load_reference("sacpo-table3"), synthetic_run, n_boot=100, seed=0)
     sft = [r for r in rows if r["method"] == "sft"]
     assert len(sft) == 2 and all(r["ours"]["value"] == 0.5 and r["inside"] is None for r in sft)

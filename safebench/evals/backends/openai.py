@@ -30,7 +30,7 @@ def make_client(config: GenerationConfig):
         raise UsageError("backend 'openai': the openai package is not installed (pip install openai)") from None
     # A local server needs no key; the client insists on a non-empty one.
     api_key = os.environ.get(config.api_key_env) or "EMPTY"
-    return OpenAI(base_url=config.base_url, api_key=api_key, max_retries=5, timeout=600.0)
+    return OpenAI(base_url=config.base_url, api_key=api_key, max_retries=config.max_retries, timeout=600.0)
 
 
 def describe_endpoint(model: str, config: GenerationConfig) -> dict:
