@@ -121,7 +121,7 @@ def pairwise_answer(order_ab: str, outcome: float) -> str:
     if outcome == 0.5:
         return "tie"
     mine, other = ("A", "B") if order_ab == "AB" else ("B", "A")
-    return mine if outcome == 1.0 else other
+    return {1.0: mine, 0.0: other}[outcome]
 
 
 def doctor_costs(run_dir: Path, method: str, new_cost: float) -> None:
