@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     serve.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                       help="compile the model (auto: on a GPU, and on a CPU for models >= 50M parameters)")
+                       help="compile the model (auto: on a GPU only; on a CPU it adds ~1 min to the start)")
     serve.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for the server")
     serve.set_defaults(handler=cmd_serve)
 

@@ -33,7 +33,7 @@ class GenerationConfig(BaseModel):
     template: Literal["plain", "chat"] | None = None   # None: the policy's template
     batch_size: int = Field(32, ge=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
-    # vllm backend: compile the model (auto: on a GPU, and on a CPU for models >= 50M parameters)
+    # vllm backend: compile the model (auto: on a GPU only; see backends/vllm.py `compiles`)
     vllm_compile: Literal["auto", "on", "off"] = "auto"
     # openai backend: an OpenAI-compatible endpoint serving the model
     base_url: str | None = None

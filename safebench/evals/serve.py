@@ -92,7 +92,7 @@ def start_server(checkpoint: str | Path, port: int | None = None, host: str = "1
     served_name = served_name or (checkpoint.parent.name if checkpoint.name == "model" else checkpoint.name)
     log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="safebench-serve-", suffix=".log")[1])
     command = server_command(checkpoint, host, port, served_name, dtype, common.context_limit(model_config),
-                             seed, list(extra_args), compiles(compile_choice, model_config))
+                             seed, list(extra_args), compiles(compile_choice))
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     return launch(command, host, port, served_name, log_path, env, startup_timeout, "the vLLM server")

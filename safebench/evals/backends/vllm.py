@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from safebench import modeling, threads
+from safebench import modeling
 from safebench.errors import UsageError
 from safebench.evals.backends import common
 from safebench.evals.generation import GenerationConfig, Generated
@@ -45,23 +45,16 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-# On a CPU, compiling (torch.compile through inductor) costs a one-off 20-60 s on 2 cores
-# (cached in ~/.cache/vllm for the next start) and then makes every decoding step faster:
-# 1.2-1.7x on a 135M Llama (benchmarks/results/generation.json). Below this size an
-# evaluation is over in seconds, before the compile could pay for itself.
-COMPILE_MIN_PARAMETERS_ON_CPU = threads.SMALL_MODEL_MAX_PARAMETERS
-
-
-def compiles(choice: str, model_config: dict) -> bool:
+def compiles(choice: str) -> bool:
     """Whether the engine compiles the model (`generation.vllm_compile`: auto | on | off).
-    auto: always on a GPU (vLLM's own default: torch.compile and CUDA graphs); on a CPU for
-    models of COMPILE_MIN_PARAMETERS_ON_CPU or more (or of unknown size: a real model)."""
+    auto: on a GPU (vLLM's own default: torch.compile and CUDA graphs), not on a CPU. There,
+    compiling (inductor C++ code) made each engine start 63 s longer for a 135M Llama on this
+    2-core machine (73 vs 11 s, ~/.cache/vllm did not shorten it) for 1.1-1.3x more tokens/s than
+    eager (benchmarks/results/generation.json): it pays back only after some 60k-180k answer tokens,
+    so long CPU evaluations set `on`."""
     if choice != "auto":
         return choice == "on"
-    if _has_gpu():
-        return True
-    parameters = threads.estimate_parameters(model_config)
-    return parameters is None or parameters >= COMPILE_MIN_PARAMETERS_ON_CPU
+    return _has_gpu()
 
 
 def make_engine(model_dir: str | Path, dtype: str = "float32", seed: int = 0, max_model_len: int | None = None,
@@ -70,7 +63,7 @@ def make_engine(model_dir: str | Path, dtype: str = "float32", seed: int = 0, ma
     vllm = import_vllm()
     options = dict(
         model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=seed,
-        enforce_eager=not compiles(compile_choice, common.check_causal_lm(model_dir)),
+        enforce_eager=not compiles(compile_choice),
         generation_config="vllm",   # sampling settings come from GenerationConfig only
     )
     if max_model_len:
