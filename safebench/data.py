@@ -144,9 +144,11 @@ def _sft_from_preference(records: list[dict]) -> list[dict]:
 #               higher harm rating is the only trace of going along that people recorded here.
 #               Limit: on this data reward = -cost ordering, so the reward model learns compliance,
 #               not answer quality, and (without benign pairs, below) sees no benign prompts.
-#   sft         responses people labelled "not a refusal" (scorer_evals/refusal_scorer/*.csv):
-#               real assistant answers, mostly to everyday requests (recipes, science, jokes), a
-#               few to harmful ones -- a helpful-only SFT set, like Alpaca's role in the papers.
+#   sft         responses people labelled "not a refusal" (scorer_evals/refusal_scorer/*.csv) to
+#               everyday requests (recipes, science, jokes): real assistant answers, a helpful-only
+#               SFT set like Alpaca's role in the papers. The 10 such answers to objectives the wheel
+#               lists as red-team material (a phishing email, LSD synthesis, ...) are left out: the
+#               SFT model should not be taught to go along with harm, only left untaught to refuse.
 #   prompts     the red-team prompts of the harm files (for RL methods).
 # At most `preference_pairs_per_prompt` pairs per prompt (one prompt has 52 rated responses),
 # drawn with the run's seed; `max_records` caps the total.
@@ -227,7 +229,7 @@ def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> d
             })
     rng.shuffle(records)
     records, heldout = split_heldout(records, config.heldout_fraction, seed)
-    sft = _pyrit_non_refusals(wheel)
+    sft = pyrit_everyday_answers(wheel)
     prompts = [{"prompt": p, "category": by_prompt[p][0]["category"], "kind": "harmful"} for p in sorted(by_prompt)]
     if config.benign_pairs:
         extra = _benign_pairs(wheel, rng)

@@ -170,7 +170,9 @@ def test_pyrit_human_labels_data_source(tmp_path):
     assert counts["preference"] == len(world.preference) > 100
     assert counts["heldout"] == len(world.heldout) > 30
     assert not {r["prompt"] for r in world.preference} & {r["prompt"] for r in world.heldout}
-    assert len(world.sft) == 60 and all(r["response"] for r in world.sft)
+    assert len(world.sft) == 50 and all(r["response"] for r in world.sft)
+    # answers to red-team objectives (a phishing email, ...) are no SFT material
+    assert not any("phishing" in r["prompt"].lower() for r in world.sft)
     for record in world.preference:
         assert record["better_response_id"] == 1 - record["safer_response_id"]
         safer = record["safer_response_id"]
