@@ -73,9 +73,11 @@ def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
     if judge is not None:
         parse_judge_config(judge, source=f"{reference['path']}: run.judge.{preset}")
         overrides.append("judge=" + json.dumps(judge))
-    config, recipes = config_module.resolve(preset, list(run_spec.get("methods", [])) or None, overrides,
+    methods = list(run_spec.get("methods", [])) or None
+    config, recipes = config_module.resolve(preset, methods, overrides,
                                             methods_source=f"{reference['path']}: field 'run.methods'")
-    run_pipeline(config, recipes, out_dir, quiet=True)
+    run_pipeline(config, recipes, out_dir, quiet=True,
+                 request=config_module.request_record(preset, methods, overrides))
     return out_dir
 
 
