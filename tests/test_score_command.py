@@ -52,6 +52,8 @@ def test_score_keeps_the_runs_settings(tiny_run, tmp_path):
 
 
 def test_score_needs_a_run_directory(tmp_path):
-    result = run_cli("score", str(tmp_path))
+    typo = tmp_path / "runs" / "typo"
+    result = run_cli("score", str(typo))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"safebench: error: {tmp_path}: not a safebench run directory (no manifest.json)"
+    assert result.stderr.strip() == f"safebench: error: {typo}: not a safebench run directory (no manifest.json)"
+    assert not typo.exists()   # a mistyped path is not left behind as an empty run database
