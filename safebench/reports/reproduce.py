@@ -141,7 +141,8 @@ def order_agreement(rows: list[dict]) -> tuple[int, int, list[str]]:
 
 
 def render(reference: dict, rows: list[dict], run_dir: Path, preset: str, shared: list[str] = ()) -> str:
-    """The table; `shared`: notes on rows' methods that are one checkpoint (summary.shared_checkpoint_notes)."""
+    """The table; `shared`: notes under it (rows' methods that are one checkpoint, from
+    summary.shared_checkpoint_notes; the run's judge note)."""
     source = reference["source"]
     percent = reference["metric"].endswith(("rate", "share"))
 
@@ -206,10 +207,12 @@ def reproduce(name: str, run_dir: Path | None = None, *, preset: str | None = No
     reference = load_reference(name)
     if run_dir is None:
         run_dir = produce_run(reference, preset, Path("runs") / f"reproduce-{name}")
-    manifest = load_run(run_dir).manifest
+    run = load_run(run_dir)
     rows = our_values(reference, Path(run_dir), n_boot=n_boot, seed=seed)
-    shared = shared_checkpoint_notes(manifest, [row["method"] for row in reference["rows"]])
-    text = render(reference, rows, Path(run_dir), str(manifest.get("preset", "?")), shared)
+    notes = shared_checkpoint_notes(run.manifest, [row["method"] for row in reference["rows"]])
+    if run.judge_note:  # the report's note (runs._judge_verdicts), worded as the report puts it
+        notes.append(f"Judge: {run.judge_note}")
+    text = render(reference, rows, Path(run_dir), str(run.manifest.get("preset", "?")), notes)
     if out is not None:
         atomic_write_text(out, text)
     return text
