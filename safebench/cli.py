@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a run's unscored samples with its reward and cost models")
     score.add_argument("run", type=Path)
-    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a field on top of the run's own settings (repeatable)")
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=cmd_score)
 
