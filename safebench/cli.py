@@ -61,15 +61,18 @@ def cmd_run(args) -> int:
     from safebench import config as config_module
     from safebench.pipeline import run_pipeline
 
-    config, recipes = config_module.resolve(args.preset, args.methods, args.overrides)
+    overrides = list(args.overrides)
+    config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     if args.max_judge_cost is not None:
         if not config.judge:
             raise UsageError("--max-judge-cost: this run has no judge (set judge.base_url and judge.model, "
                              "or use a preset with a judge block)")
-        config, recipes = config_module.resolve(args.preset, args.methods, [*args.overrides, *judge_overrides(args)])
+        overrides += judge_overrides(args)
+        config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     choose_threads(config)
     out = args.out or Path("runs") / args.preset
-    manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
+    manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
+                            request=config_module.request_record(args.preset, args.methods, overrides))
     summary = (out / "summary.md").read_text()
     print(summary)
     executed = manifest["_executed"]
@@ -84,10 +87,12 @@ def cmd_train(args) -> int:
     from safebench import config as config_module
     from safebench.pipeline import run_pipeline
 
-    config, recipes = config_module.resolve(args.preset, [args.method], [*args.overrides, "suites=[]"])
+    overrides = [*args.overrides, "suites=[]"]
+    config, recipes = config_module.resolve(args.preset, [args.method], overrides)
     choose_threads(config)
     out = args.out or Path("runs") / args.preset
-    manifest = run_pipeline(config, recipes, out, quiet=args.quiet)
+    manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
+                            request=config_module.request_record(args.preset, [args.method], overrides))
     print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
     return 0
 
@@ -95,14 +100,19 @@ def cmd_train(args) -> int:
 def cmd_score(args) -> int:
     """Score every unscored sample of a run with its reward and cost models."""
     from safebench import config as config_module
-    from safebench.pipeline import run_pipeline
-    from safebench.store import RunStore
+    from safebench.pipeline import load_manifest, run_pipeline
 
-    manifest = RunStore(args.run).manifest()
-    cfg = manifest["config"]
-    config, recipes = config_module.resolve(cfg["preset"], cfg["methods"], args.overrides)
+    manifest_path = Path(args.run) / "manifest.json"
+    if not manifest_path.is_file():
+        raise UsageError(f"{args.run}: not a safebench run directory (no manifest.json)")
+    # The run's own request (preset, methods, --set), with this command's --set on top: the
+    # run's settings stay unless overridden here, so its stages (and keys) are found again.
+    recorded = config_module.recorded_request(load_manifest(args.run))
+    request = {**recorded, "overrides": [*recorded["overrides"], *args.overrides]}
+    config, recipes = config_module.resolve(request["preset"], request["methods"], request["overrides"],
+                                            methods_source=f"{manifest_path}: field 'request.methods'")
     choose_threads(config)
-    run_pipeline(config, recipes, args.run, quiet=args.quiet)
+    run_pipeline(config, recipes, args.run, quiet=args.quiet, request=request)
     print((Path(args.run) / "summary.md").read_text())
     return 0
 
@@ -141,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a run's unscored samples with its reward and cost models")
     score.add_argument("run", type=Path)
-    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
+    score.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a field on top of the run's own settings (repeatable)")
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=cmd_score)
 

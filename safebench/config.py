@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal, get_origin
@@ -389,6 +390,31 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
                 f"available: {', '.join(known_suites)}"
             )
     return config, recipes
+
+
+def request_record(preset: str, methods: list[str] | None, overrides: list[str]) -> dict:
+    """What a command asked `resolve` for, recorded in the manifest ("request"): `safebench score
+    RUN --set ...` resolves the run's config from it again, with its own --set on top."""
+    return {"preset": preset, "methods": None if methods is None else list(methods), "overrides": list(overrides)}
+
+
+# Sections of a recorded RunConfig that a rebuilt request sets again whole (see `recorded_request`).
+_RECORDED_SECTIONS = ("seed", "data", "policy", "generation", "suites", "judge", "description")
+
+
+def recorded_request(manifest: dict) -> dict:
+    """The request a run was made with. A manifest from before requests were recorded gets one
+    rebuilt from its resolved config: every section set again whole, and each recipe the run
+    trained under its plain name (variants apply their fields on top, as they did). Best effort:
+    a --set on a swept recipe's other fields is not in the config under the base's name and is lost."""
+    if "request" in manifest:
+        return manifest["request"]
+    config = manifest["config"]
+    overrides = [f"{name}={json.dumps(config[name])}" for name in _RECORDED_SECTIONS
+                 if name in config and config[name] is not None]
+    overrides += [f"trainers.{name}={json.dumps(recipe)}" for name, recipe in config.get("trainers", {}).items()
+                  if "[" not in name]
+    return request_record(config["preset"], config["methods"], overrides)
 
 
 def share_stages(config: RunConfig, recipes: dict, stage_names: list[str], unswept_recipes: dict[str, dict]) -> None:

@@ -64,7 +64,7 @@ def versions() -> dict:
 
 class Pipeline:
     def __init__(self, config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, request: dict | None = None):
         self.config = config
         self.recipes = recipes
         self.run_dir = Path(run_dir)
@@ -82,6 +82,8 @@ class Pipeline:
             "seeds": {"run": config.seed},
             "assets": {}, "stages": {}, "methods": {}, "evaluations": [], "timings": {},
         }
+        if request is not None:  # config.request_record: what `safebench score RUN` resolves again
+            self.manifest["request"] = request
         self.data_dir: Path | None = None
         self.executed: list[str] = []
         self.skipped: list[str] = []
@@ -412,8 +414,9 @@ class Pipeline:
         self.manifest["timings"]["report"] = round(time.time() - start, 3)
 
 
-def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False) -> dict:
-    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet)
+def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
+                 request: dict | None = None) -> dict:
+    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request)
     try:
         manifest = pipeline.run()
     finally:

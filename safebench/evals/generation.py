@@ -14,7 +14,7 @@ from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 from safebench.hashing import stable_hash
 
 BACKENDS = ("hf", "vllm", "openai")
@@ -115,6 +115,12 @@ def run_generation(store, gen_key: str, method: str, suite: str, items: list[dic
             store.insert_samples(rows)
             written += len(rows)
             bar.update(len(rows))
+    except EndpointFailed as exc:
+        # Every finished batch is committed (insert_samples) and a rerun skips it, with the
+        # same per-batch seeds, so nothing is lost but the batch in flight.
+        kept = len(store.done_sample_keys(gen_key))
+        raise EndpointFailed(f"{exc}; {method}/{suite}: the {kept} of {len(work)} samples written so far are "
+                             f"kept, rerun the same command to generate the rest") from None
     finally:
         bar.close()
         backend.close()

@@ -73,9 +73,11 @@ def produce_run(reference: dict, preset: str | None, out_dir: Path) -> Path:
     if judge is not None:
         parse_judge_config(judge, source=f"{reference['path']}: run.judge.{preset}")
         overrides.append("judge=" + json.dumps(judge))
-    config, recipes = config_module.resolve(preset, list(run_spec.get("methods", [])) or None, overrides,
+    methods = list(run_spec.get("methods", [])) or None
+    config, recipes = config_module.resolve(preset, methods, overrides,
                                             methods_source=f"{reference['path']}: field 'run.methods'")
-    run_pipeline(config, recipes, out_dir, quiet=True)
+    run_pipeline(config, recipes, out_dir, quiet=True,
+                 request=config_module.request_record(preset, methods, overrides))
     return out_dir
 
 
@@ -139,7 +141,8 @@ def order_agreement(rows: list[dict]) -> tuple[int, int, list[str]]:
 
 
 def render(reference: dict, rows: list[dict], run_dir: Path, preset: str, shared: list[str] = ()) -> str:
-    """The table; `shared`: notes on rows' methods that are one checkpoint (summary.shared_checkpoint_notes)."""
+    """The table; `shared`: notes under it (rows' methods that are one checkpoint, from
+    summary.shared_checkpoint_notes; the run's judge note)."""
     source = reference["source"]
     percent = reference["metric"].endswith(("rate", "share"))
 
@@ -204,10 +207,12 @@ def reproduce(name: str, run_dir: Path | None = None, *, preset: str | None = No
     reference = load_reference(name)
     if run_dir is None:
         run_dir = produce_run(reference, preset, Path("runs") / f"reproduce-{name}")
-    manifest = load_run(run_dir).manifest
+    run = load_run(run_dir)
     rows = our_values(reference, Path(run_dir), n_boot=n_boot, seed=seed)
-    shared = shared_checkpoint_notes(manifest, [row["method"] for row in reference["rows"]])
-    text = render(reference, rows, Path(run_dir), str(manifest.get("preset", "?")), shared)
+    notes = shared_checkpoint_notes(run.manifest, [row["method"] for row in reference["rows"]])
+    if run.judge_note:  # the report's note (runs._judge_verdicts), worded as the report puts it
+        notes.append(f"Judge: {run.judge_note}")
+    text = render(reference, rows, Path(run_dir), str(run.manifest.get("preset", "?")), notes)
     if out is not None:
         atomic_write_text(out, text)
     return text

@@ -16,6 +16,15 @@ def samples(run_dir: Path, suite: str | None = None) -> dict[tuple[str, int], di
         return {(r["prompt_id"], r["sample_idx"]): dict(r) for r in db.execute(query, params)}
 
 
+def count_rows(run_dir: Path) -> int:
+    """Rows in the run's samples table, read-only, while another process may be writing it."""
+    try:
+        with sqlite3.connect(f"file:{Path(run_dir) / 'results.sqlite'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0   # not created yet
+
+
 def mean_and_halfwidth(values: list[float]) -> tuple[float, float]:
     """Sample mean and the half-width of its normal-approximation 95 % interval."""
     import numpy as np

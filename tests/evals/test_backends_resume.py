@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,21 +12,13 @@ import time
 import pytest
 
 from safebench.cli import main
-from tests.evals.backend_helpers import samples
+from tests.evals.backend_helpers import count_rows, samples
 from tests.helpers import ROOT
 
 SETTINGS = ["--suite", "tiny-harmful", "--limit", "48", "--backend", "hf", "--quiet",
             "--set", "generation.temperature=1.0", "--set", "generation.k=2", "--set", "generation.batch_size=4",
             "--set", "generation.max_new_tokens=24"]
 TOTAL = 48 * 2
-
-
-def count_rows(run_dir) -> int:
-    try:
-        with sqlite3.connect(f"file:{run_dir / 'results.sqlite'}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0   # not created yet
 
 
 @pytest.mark.slow

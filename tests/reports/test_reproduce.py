@@ -60,6 +60,23 @@ def test_judge_table_without_and_with_verdicts(runs, synthetic_run):
     assert "no judge verdicts in this run for: dpo-s," in text and "dpo-h" not in text.split("no judge verdicts")[1]
 
 
+def test_an_unrecorded_judge_stage_gets_the_reports_note(runs, synthetic_run):
+    """A run dir from before `safebench judge` recorded its stage: verdicts in the database, none
+    recorded in the manifest. The table shows none of them and says why, as the report does."""
+    import json
+
+    add_outcomes_against_sft(runs, synthetic_run, "dpo-h", {"helpfulness": 1.0, "harmlessness": 0.0})
+    manifest_path = synthetic_run / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["stages"]["judge"]
+    manifest_path.write_text(json.dumps(manifest))
+    text = reproduce("sacpo-table3", synthetic_run, n_boot=100)
+    assert "no judge verdicts in this run for: dpo-h" in text
+    assert ("Judge: manifest.json records no judge stage, so the judgments in results.sqlite (judge stage(s) "
+            f"judge-test) are not shown; `safebench judge {synthetic_run}` judges the run") in text
+    assert "Judge:" not in reproduce("repo-safety", runs.make(synthetic_run.parent / "unjudged", runs.rows()), n_boot=100)
+
+
 def test_the_baseline_wins_half_against_itself_by_definition(runs, synthetic_run):
     """SFT is never judged against itself: 0.5 with no interval, out of the interval check,
     still in the order comparison (paper: dpo-h 0.792 > SFT 0.5 > dpo-h 0.490 harmlessness)."""

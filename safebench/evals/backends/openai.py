@@ -13,11 +13,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from safebench import modeling
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 from safebench.evals.backends import common
 from safebench.evals.generation import GenerationConfig, Generated
 
 CONCURRENT_REQUESTS = 16
+VOLATILE_CARD_FIELDS = ("created", "permission")
 
 
 def make_client(config: GenerationConfig):
@@ -48,7 +49,13 @@ def describe_endpoint(model: str, config: GenerationConfig) -> dict:
     if cards and model not in cards:
         raise UsageError(f"backend 'openai': model {model!r} is not served at {config.base_url}; "
                          f"served: {', '.join(sorted(cards))}")
-    return {"base_url": config.base_url, "model": model, "card": cards.get(model)}
+    card = cards.get(model)
+    if card is not None:
+        # vLLM stamps `created` (and the permission entries' random ids and times) afresh on
+        # every /models call; in the stage key they would give each run a new key, so a rerun
+        # after a failure mid-run would start over instead of resuming.
+        card = {name: value for name, value in card.items() if name not in VOLATILE_CARD_FIELDS}
+    return {"base_url": config.base_url, "model": model, "card": card}
 
 
 class OpenAIBackend:
@@ -86,8 +93,26 @@ class OpenAIBackend:
         except openai.BadRequestError as exc:
             # e.g. prompt + max_tokens beyond the served context: the same input would fail again
             raise UsageError(f"backend 'openai': {self.config.base_url} refused the request: {exc.message}") from None
+        except openai.APIError as exc:
+            # The server died, hung past the timeout or kept answering 5xx through the client's
+            # retries (or answered 401/404 mid-run): no answer to record, and the batches already
+            # written stay valid, so run_generation stops here and says that a rerun resumes.
+            raise EndpointFailed(self.failure(exc)) from None
         n_tokens = reply.usage.completion_tokens if reply.usage else None
         return Generated(response=text.strip(), n_tokens=n_tokens if n_tokens is not None else 0)
+
+    def failure(self, exc: Exception) -> str:
+        """One line: the endpoint, what happened, after how many retries. Worded as the judge
+        words its failed requests (its classification and key scrubbing, not a second copy)."""
+        from safebench.evals.judge.client import describe_failure, is_retryable
+
+        retried = ""
+        if is_retryable(exc):  # what the openai client retries (425 aside)
+            n = self.config.max_retries
+            retried = f" after {n} {'retry' if n == 1 else 'retries'} (generation.max_retries)"
+        what = " ".join(describe_failure(exc, self.client.api_key).split())  # server texts may hold newlines
+        return (f"backend 'openai': generation.base_url={self.config.base_url!r} failed mid-run{retried}: "
+                f"{what[:300]}")
 
     def close(self) -> None:
         self.client.close()

@@ -66,7 +66,9 @@ class RunStats:
         return dict(self.__dict__)
 
 
-def _is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException) -> bool:
+    """A failure that asking again may cure (the server's side or the wire, not the request).
+    Also how the openai generation backend words a failure mid-run."""
     if isinstance(exc, (openai.APIConnectionError, EmptyAnswer, openai.APIResponseValidationError,
                         json.JSONDecodeError)):
         return True  # timeouts, dropped connections, empty or unreadable bodies
@@ -116,6 +118,12 @@ def scrub(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "***")
     return re.sub(r"sk-[A-Za-z0-9_\-*]{4,}", "sk-***", text)
+
+
+def describe_failure(exc: BaseException, secret: str | None) -> str:
+    """A failed request as recorded and shown (judge verdict rows, the openai generation
+    backend's error line): the exception's type and text, without the API key."""
+    return scrub(f"{type(exc).__name__}: {exc}", secret)
 
 
 class JudgeClient:
@@ -232,13 +240,13 @@ class JudgeClient:
                     retrying = tenacity.AsyncRetrying(
                         stop=tenacity.stop_after_attempt(self.config.max_retries + 1),
                         wait=WaitRetryAfterOrBackoff(self.backoff_initial, self.config.max_retry_wait),
-                        retry=tenacity.retry_if_exception(_is_retryable),
+                        retry=tenacity.retry_if_exception(is_retryable),
                         before_sleep=note_retry, sleep=sleep_visibly, reraise=True)
                     try:
                         response = await retrying(call_once, request)
                     except Exception as exc:  # every failure ends as a recorded error, never a score
                         attempts = retrying.statistics.get("attempt_number", 1)
-                        finish(Outcome(request, "error", reason=scrub(f"{type(exc).__name__}: {exc}", secret)[:500],
+                        finish(Outcome(request, "error", reason=describe_failure(exc, secret)[:500],
                                        attempts=attempts, cache_key=keys[id(request)]))
                         return
                     finally:
