@@ -1,6 +1,6 @@
 """Commands that load no model must not import the heavy libraries (about 2-3 s a process):
-plugin command modules import them inside their handlers, and transformers' logging is set
-when something imports it (safebench/cli.py `quiet_libraries`)."""
+plugin command modules and trainer modules import them inside their functions, and
+transformers' logging is set when something imports it (safebench/cli.py `quiet_libraries`)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ def probe(argv: list[str]) -> dict:
     (["judge", "--help"], 0),
     (["run", "--preset", "tiny", "--methods", "bogus"], 2),
     (["run", "--preset", "nope"], 2),
+    # config validation imports every method's trainer module for its Recipe
+    (["run", "--preset", "tiny", "--methods", "sft,sacpo,p-sacpo,dpo-h,ppo-lag,repo",
+      "--set", "trainers.repo.lambda_lr=abc"], 2),
 ])
 def test_commands_that_load_no_model_import_no_heavy_library(argv, code):
     assert probe(argv) == {"code": code, "heavy": []}
