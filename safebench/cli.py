@@ -166,19 +166,26 @@ class _AfterImport(importlib.abc.MetaPathFinder):
     """Calls `then()` right after module `name` is first imported, wherever that happens."""
 
     def __init__(self, name: str, then) -> None:
-        self.name, self.then = name, then
+        self.name, self.then, self.searching = name, then, False
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
+        if fullname != self.name or self.searching:
             return None
-        sys.meta_path.remove(self)  # once; and importlib's own search below must not come back here
-        spec = importlib.util.find_spec(fullname)
+        self.searching = True  # importlib's own search below must not come back here
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.searching = False
+        # Libraries look modules up without importing them (`importlib.util.find_spec`), so the hook
+        # stays until the module is executed; every lookup gets a loader of its own to wrap.
         if spec is not None and spec.loader is not None:
             exec_module = spec.loader.exec_module
 
             def exec_then(module) -> None:
                 exec_module(module)
-                self.then()
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                    self.then()
 
             spec.loader.exec_module = exec_then
         return spec
