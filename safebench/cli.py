@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -171,6 +173,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Calls `then()` right after module `name` is first imported, wherever that happens."""
+
+    def __init__(self, name: str, then) -> None:
+        self.name, self.then, self.searching = name, then, False
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name or self.searching:
+            return None
+        self.searching = True  # importlib's own search below must not come back here
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self.searching = False
+        # Libraries look modules up without importing them (`importlib.util.find_spec`), so the hook
+        # stays until the module is executed; every lookup gets a loader of its own to wrap.
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_then(module) -> None:
+                exec_module(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                    self.then()
+
+            spec.loader.exec_module = exec_then
+        return spec
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def quiet_libraries() -> None:
     """Library chatter (weight-loading reports, hub warnings) would drown the stage log."""
     import os
@@ -179,13 +220,13 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=UserWarning, module="transformers")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # Importing transformers takes about a second, which commands that load no model (--help, list,
+    # bad input) should not pay: its logging is set when something imports it. Not through
+    # TRANSFORMERS_VERBOSITY: child processes (the vLLM server) would inherit it.
+    if "transformers" in sys.modules:
+        _quiet_transformers()
+    elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("transformers", _quiet_transformers))
 
 
 def main(argv: list[str] | None = None) -> int:

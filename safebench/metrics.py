@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from safebench.defaults import DEFAULT_N_BOOT, DEFAULT_SEED  # noqa: F401 (metrics.DEFAULT_*)
 from safebench.errors import UsageError
 
 SAFE_COST_MAX = 0.0
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
-DEFAULT_N_BOOT = 2000
-DEFAULT_SEED = 0
 CONFIDENCE = 0.95
 # Cap on the index matrix the bootstrap builds at once (draws x prompts), to bound memory.
 _BOOT_CELLS_PER_CHUNK = 2_000_000

@@ -7,13 +7,21 @@ loads a policy, `AutoModelForSequenceClassification` (num_labels=1) a reward or 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from safebench.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 PLAIN_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A config's `dtype` ("float32" or "bfloat16") as torch's."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def format_prompt(tokenizer, prompt: str, template: str) -> str:
@@ -46,6 +54,8 @@ def encode_pair(tokenizer, prompt_text: str, response: str | None, max_length: i
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
@@ -80,7 +90,7 @@ def load_tokenizer(path: str | Path):
 def load_policy(path: str | Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
 
 
 def load_score_model(path: str | Path, dtype: str = "float32"):
@@ -89,7 +99,7 @@ def load_score_model(path: str | Path, dtype: str = "float32"):
     # Safe RLHF's published score models (beaver-7b-v1.0-reward/-cost) name their head
     # `score_head`; transformers' sequence classifiers call it `score`.
     model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, dtype=DTYPES[dtype], key_mapping={r"^score_head\.": "score."})
+        str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."})
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -281,6 +281,10 @@ class Pipeline:
         template = generation.template or self.config.policy.template
         scorers: dict[str, Scorer] = {}
         oracle = self.oracle()
+        # gen_key -> the method whose stages generated and scored those samples in this run. Methods
+        # trained as one stage (equal settings) have one model key, so one gen_key and score_key: the
+        # first of them generates and scores, the others use its rows (their stages would write none).
+        evaluated_by: dict[str, str] = {}
         for suite_name in self.config.suites:
             suite = suites_module.load_suite(suite_name)
             items = suites_module.suite_items(suite, self.data_dir)
@@ -289,25 +293,29 @@ class Pipeline:
                 gen_material = {"model": method_keys[method], "suite": suite_hash,
                                 "generation": generation.settings_hash(), "template": template}
                 gen_key = stable_hash({"stage": "generate", **gen_material})
-                name = f"generate:{method}:{suite_name}"
-
-                def generate(_directory: Path, method=method, gen_key=gen_key) -> dict:
-                    rows = run_generation(self.store, gen_key, method, suite_name, items, str(method_dirs[method]),
-                                          generation, template, progress=not self.quiet)
-                    return {"rows_written": rows}
-
-                self.stage(name, gen_material, generate)
                 score_material = {"generation": gen_key, "reward": scorer_keys["reward-model"],
                                   "cost": scorer_keys["cost-model"]}
                 score_key = stable_hash({"stage": "score", **score_material})
+                if gen_key in evaluated_by:
+                    self.log(f"[same] {method} on {suite_name}: the samples and scores of {evaluated_by[gen_key]}")
+                else:
+                    evaluated_by[gen_key] = method
 
-                def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
-                    for role in ("reward-model", "cost-model"):
-                        if role not in scorers:
-                            scorers[role] = Scorer(scorer_dirs[role], self.config.policy.template, self.config.policy.dtype)
-                    return self.score_samples(scorers, oracle, gen_key, score_key)
+                    def generate(_directory: Path, method=method, gen_key=gen_key) -> dict:
+                        rows = run_generation(self.store, gen_key, method, suite_name, items, str(method_dirs[method]),
+                                              generation, template, progress=not self.quiet)
+                        return {"rows_written": rows}
 
-                self.stage(f"score:{method}:{suite_name}", score_material, score)
+                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate)
+
+                    def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
+                        for role in ("reward-model", "cost-model"):
+                            if role not in scorers:
+                                scorers[role] = Scorer(scorer_dirs[role], self.config.policy.template,
+                                                       self.config.policy.dtype)
+                        return self.score_samples(scorers, oracle, gen_key, score_key)
+
+                    self.stage(f"score:{method}:{suite_name}", score_material, score)
                 self.manifest["evaluations"].append({
                     "method": method, "suite": suite_name, "kind": suite.kind, "gen_key": gen_key,
                     "score_key": score_key, "gen_config_hash": generation.settings_hash(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safebench import metrics
+from safebench.defaults import DEFAULT_N_BOOT, DEFAULT_SEED
 from safebench.errors import UsageError
 from safebench.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -31,7 +31,7 @@ def json_safe(obj):
 
 
 def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
-                  n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = metrics.DEFAULT_SEED) -> dict:
+                  n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED) -> dict:
     """Write report.html, report.md, metrics.json and figures/*.png for one run (into the
     run directory unless `out_dir` is given) or a comparison of several (`out_dir` needed).
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from safebench import metrics
+from safebench.defaults import DEFAULT_N_BOOT, DEFAULT_SEED
 
 
 def handle_report(args: argparse.Namespace) -> int:
@@ -41,9 +41,9 @@ def handle_reproduce(args: argparse.Namespace) -> int:
 
 
 def _bootstrap_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bootstrap", type=int, default=metrics.DEFAULT_N_BOOT, metavar="N",
-                        help=f"bootstrap resamples for the 95 %% intervals (default {metrics.DEFAULT_N_BOOT})")
-    parser.add_argument("--seed", type=int, default=metrics.DEFAULT_SEED,
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_N_BOOT, metavar="N",
+                        help=f"bootstrap resamples for the 95 %% intervals (default {DEFAULT_N_BOOT})")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help="seed of the bootstrap (default %(default)s)")
 
 

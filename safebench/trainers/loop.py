@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
 from pydantic import Field
 
 from safebench.store import atomic_directory, atomic_write_json
 from safebench.trainers.base import RecipeBase, TrainContext
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SupervisedRecipe(RecipeBase):
@@ -35,6 +37,8 @@ class SupervisedRecipe(RecipeBase):
 
 def batch_order(n_items: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
     """All mini-batches of the run, fixed by the seed (fractional epochs cut the last one short)."""
+    import torch
+
     batches: list[list[int]] = []
     steps_per_epoch = max(1, math.ceil(n_items / batch_size))
     total = max(1, round(steps_per_epoch * epochs))
@@ -56,6 +60,7 @@ def train_supervised(
 ) -> int:
     """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics).
     Returns the number of optimizer steps."""
+    import torch
     from transformers import get_scheduler
 
     torch.manual_seed(ctx.seed + recipe.seed_offset)
@@ -101,6 +106,8 @@ def train_supervised(
 
 
 def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:
+    import torch
+
     with atomic_directory(state_dir) as tmp:
         torch.save(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -111,6 +118,8 @@ def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:
 
 
 def _restore(state_dir: Path, model, optimizer, scheduler) -> int:
+    import torch
+
     path = state_dir / "state.pt"
     if not path.exists():
         return 0

@@ -13,13 +13,16 @@ as `sacpo[beta_over_lambda=0.025]` when the run holds several (config.py refuses
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
 
 from safebench import modeling
 from safebench.errors import UsageError
 from safebench.trainers.base import RecipeBase, TrainContext
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Recipe(RecipeBase):

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import Field
 
-from safebench.trainers import ppo
 from safebench.trainers.base import TrainContext
+from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
+
+if TYPE_CHECKING:
+    import torch
 
 
-class Recipe(ppo.PPORecipe):
+class Recipe(PPORecipe):
     threshold: float = 0.0                          # d (Safe RLHF --threshold 0)
     lambda_init: float = Field(1.0, gt=0)
     lambda_lr: float = Field(0.1, ge=0)
@@ -28,7 +31,7 @@ class Recipe(ppo.PPORecipe):
     episode_cost_window_size: int = Field(128, ge=1)
 
 
-class Lagrangian(ppo.SafetyMethod):
+class Lagrangian(SafetyMethod):
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
         self.log_lambda = math.log(recipe.lambda_init)
@@ -64,4 +67,6 @@ class Lagrangian(ppo.SafetyMethod):
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
+    from safebench.trainers import ppo
+
     ppo.train_ppo(ctx, recipe, Lagrangian(recipe))

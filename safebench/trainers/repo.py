@@ -12,16 +12,18 @@ PPO-Lag defaults, so that the two differ only in the method.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
-from safebench.trainers import ppo
 from safebench.trainers.base import TrainContext
+from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
+
+if TYPE_CHECKING:
+    import torch
 
 
-class Recipe(ppo.PPORecipe):
+class Recipe(PPORecipe):
     # The paper fixes none of these; each is a choice made here (algorithms.md §5):
     lambda_init: float = Field(1.0, ge=0)           # choice: PPO-Lag's λ_init
     lambda_lr: float = Field(0.1, ge=0)             # choice: PPO-Lag's lr_λ
@@ -37,7 +39,7 @@ class Recipe(ppo.PPORecipe):
     penalty_estimator: Literal["batching", "rectified-critic"] = "rectified-critic"
 
 
-class Rectified(ppo.SafetyMethod):
+class Rectified(SafetyMethod):
     def __init__(self, recipe: Recipe):
         super().__init__(recipe)
         self.lam = recipe.lambda_init
@@ -60,6 +62,8 @@ class Rectified(ppo.SafetyMethod):
         return costs
 
     def advantages(self, reward_advantages, cost_advantages, costs):
+        import torch
+
         lam = self.lam
         penalised = reward_advantages - lam * cost_advantages
         if self.recipe.normalise_unsafe_advantage:
@@ -77,4 +81,6 @@ class Rectified(ppo.SafetyMethod):
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
+    from safebench.trainers import ppo
+
     ppo.train_ppo(ctx, recipe, Rectified(recipe))

@@ -47,7 +47,6 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field, field_validator, model_validator
 
 from safebench import modeling
@@ -243,6 +242,8 @@ def _curve_callback(ctx: TrainContext, step_name: str):
 def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenizer, output_dir: Path):
     """A TRL trainer for one step. The reference is the model as loaded, before training (its
     log-probs are precomputed, so no second copy stays in memory)."""
+    import torch
+
     from trl import DPOConfig, KTOConfig
 
     dpo_cls, kto_cls = _trainer_classes()
@@ -275,6 +276,8 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
 
 def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out_dir: Path) -> None:
     """Align the model in `start_dir` (which is also the step's reference) and save it to `out_dir`."""
+    import torch
+
     from transformers.trainer_utils import get_last_checkpoint
 
     tokenizer = modeling.load_tokenizer(start_dir)

@@ -11,15 +11,16 @@ weight decay 0.1, max length 512.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from safebench import modeling
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Recipe(SupervisedRecipe):
@@ -39,6 +40,9 @@ class Recipe(SupervisedRecipe):
 
 
 def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
     scores = torch.cat([better, worse])
     return -F.logsigmoid(better - worse).mean() + regularization * scores.pow(2).mean()
 
@@ -46,6 +50,9 @@ def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float
 def cost_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_sign: torch.Tensor,
               unsafer_sign: torch.Tensor, regularization: float) -> torch.Tensor:
     """signs: +1 for a response labelled unsafe, -1 for one labelled safe."""
+    import torch
+    import torch.nn.functional as F
+
     scores = torch.cat([safer, unsafer])
     return (
         -F.logsigmoid(unsafer - safer).mean()
@@ -110,6 +117,8 @@ def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[d
     responses on the labelled side of 0 (safe <= 0 < unsafe), and with `sides` the same for the
     unsafer and the safer response of each pair apart (a pair of an answer and a refusal, both
     labelled safe, is half right by the refusal alone)."""
+    import torch
+
     metrics = {"accuracy": (high > low).float().mean().item()}
     if kind == "cost":
         high_right = (high > 0) == (torch.tensor([c["high_sign"] for c in chunk]) > 0)
@@ -121,16 +130,18 @@ def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[d
     return metrics
 
 
-@torch.no_grad()
 def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) -> dict:
     """Metrics over `items` (pairs as `encode_pairs` makes them), weighted by pair count."""
+    import torch
+
     model.eval()
     totals: dict[str, float] = {}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
                                        tokenizer.pad_token_id, side="right")
-        scores = end_scores(model, ids, mask)
+        with torch.no_grad():
+            scores = end_scores(model, ids, mask)
         for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
     return totals
@@ -155,6 +166,8 @@ def heldout_metrics(model, tokenizer, recipe: Recipe, records: list[dict], templ
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
+    import torch
+
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
     model = modeling.load_score_model(ctx.policy_dir, ctx.dtype)
     torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference

@@ -6,11 +6,14 @@ warmup 0.03, weight decay 0.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from safebench import modeling
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Recipe(SupervisedRecipe):

@@ -464,15 +464,24 @@ def test_methods_with_equal_settings_train_once_and_both_are_reported(tiny_sacpo
     store = RunStore(run_dir)
     try:
         results = store.results()
+        recorded = {name for (name,) in store.db.execute("SELECT name FROM stages")}
     finally:
         store.close()
     assert set(results["method"]) == set(methods)
+    # The samples and scores are sacpo's and p-sacpo's: the other two names have no generate or score
+    # stage of their own (it would write no rows), neither a stage dir nor a stage record.
+    aliases = ("sacpo[beta_over_lambda=0.025]", "p-sacpo[q=0.75]")
+    suites = manifest["config"]["suites"]
+    recorded |= set(manifest["stages"]) | {json.loads(done.read_text())["name"]
+                                           for done in (run_dir / "stages").glob("*/DONE.json")}
+    assert {f"{step}:sacpo:{suite}" for step in ("generate", "score") for suite in suites} <= recorded
+    assert not {f"{step}:{alias}:{suite}" for step in ("generate", "score") for alias in aliases
+                for suite in suites} & recorded
+    assert sorted(line.split(" on ")[0] for line in result.stderr.splitlines() if line.startswith("[same]")) == \
+        sorted(f"[same] {alias}" for alias in aliases for _ in suites)
     responses = {m: results[results["method"] == m].sort_values(["suite", "prompt_id", "sample_idx"])["response"].tolist()
                  for m in ("sacpo", "sacpo[beta_over_lambda=0.025]")}
     assert responses["sacpo"] == responses["sacpo[beta_over_lambda=0.025]"]
-    generated = [json.loads((d / "DONE.json").read_text())["rows_written"]
-                 for d in (run_dir / "stages").glob("generate-sacpo-beta_over_lambda-0.025--*")]
-    assert generated == [0, 0, 0]  # one per suite; the samples are sacpo's, none generated again
     summary = (run_dir / "summary.md").read_text()
     assert "| sacpo[beta_over_lambda=0.025] | tiny-harmful |" in summary
     assert "- sacpo[beta_over_lambda=0.025]: same settings as sacpo; trained once" in summary

@@ -171,7 +171,7 @@ class VLLMRollout:
         """Load the trainer's current weights into the engine (a PEFT model is merged first)."""
         import torch
 
-        target = modeling.DTYPES[self.settings.dtype]
+        target = modeling.torch_dtype(self.settings.dtype)
         with torch.no_grad():
             weights = [(name, tensor.detach().to(target)) for name, tensor in _full_state_dict(model).items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})

@@ -15,7 +15,6 @@ from pathlib import Path
 import yaml
 
 from safebench.errors import UsageError
-from safebench.evals.judge.config import TINY_ORACLE_ENDPOINT, parse_judge_config
 
 
 def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -> dict:
@@ -86,6 +85,7 @@ def register(subparsers) -> None:
 
 
 def handle_judge(args) -> int:
+    from safebench.evals.judge.config import parse_judge_config
     from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
     from safebench.store import RunStore
 
@@ -141,6 +141,7 @@ def format_summary(summary: dict) -> str:
 
 
 def handle_judge_validate(args) -> int:
+    from safebench.evals.judge.config import TINY_ORACLE_ENDPOINT, parse_judge_config
     from safebench.evals.judge.validate import format_report, locate_wheel, run_validation
 
     data = _apply_overrides(_load_yaml(args.config), args.set, args.max_judge_cost)
