@@ -4,7 +4,9 @@ Tokens per second (answer tokens produced / wall time of one `generate` call, th
 of three, model loading excluded, after one warm-up call) at batch sizes 1, 8, 32, 128,
 greedy and sampling, on the tiny world's Llama and on a ~135M Llama (SmolLM2-135M's shape: hidden
 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, vocab 49152; random weights built
-locally, with the tiny world's tokenizer). Every (model, backend, mode) runs in its own
+locally, with the tiny world's tokenizer). Each worker uses the CPU thread count `safebench generate`
+picks for the model (safebench/threads.py: one thread under 50M parameters, all cores above;
+OMP_NUM_THREADS overrides). Every (model, backend, mode) runs in its own
 process, one after another, so the engines never compete for the cores or the GPU's memory
 (an in-process vLLM engine keeps its share of GPU memory until the process ends).
 
@@ -83,6 +85,11 @@ REPEATS = 3   # timed calls per point; the median is reported (one call of the t
 
 def worker(args) -> None:
     """Measure one (model, backend, mode); print one JSON line per batch size."""
+    from safebench import threads
+
+    # The thread count `safebench generate` picks for this model (1 below 50M parameters, else all
+    # cores), set before torch and vLLM start their OpenMP pools, so both backends run as a user's would.
+    thread_choice = threads.configure(threads.checkpoint_parameters(Path(args.model_dir)))
     from safebench.evals.generation import GenerationConfig, get_backend
 
     backend_name, compile_choice = BACKENDS[args.backend]
@@ -108,7 +115,8 @@ def worker(args) -> None:
         print("MEASURE " + json.dumps({"model": args.model_name, "backend": args.backend, "compiled": compiled,
                                        "mode": args.mode, "batch_size": batch, "new_tokens": tokens,
                                        "seconds": round(seconds, 4), "tokens_per_s": round(tokens / seconds, 1),
-                                       "load_seconds": round(load_seconds, 2)}), flush=True)
+                                       "load_seconds": round(load_seconds, 2),
+                                       "threads": thread_choice["OMP_NUM_THREADS"]}), flush=True)
     backend.close()
 
 
