@@ -48,10 +48,10 @@ def _has_gpu() -> bool:
 def compiles(choice: str) -> bool:
     """Whether the engine compiles the model (`generation.vllm_compile`: auto | on | off).
     auto: on a GPU (vLLM's own default: torch.compile and CUDA graphs), not on a CPU. There,
-    compiling (inductor C++ code) made each engine start 63 s longer for a 135M Llama on this
-    2-core machine (73 vs 11 s, ~/.cache/vllm did not shorten it) for 1.1-1.3x more tokens/s than
-    eager (benchmarks/results/generation.json): it pays back only after some 60k-180k answer tokens,
-    so long CPU evaluations set `on`."""
+    compiling (inductor C++ code) made each engine start ~62 s longer for a 135M Llama on this
+    2-core machine (fp32: 71 vs 9 s; ~/.cache/vllm did not shorten it) for 1.06-1.31x more
+    tokens/s than eager (benchmarks/results/generation.json): it pays back only after some
+    40k-190k answer tokens, so long CPU evaluations set `on`."""
     if choice != "auto":
         return choice == "on"
     return _has_gpu()
