@@ -2,13 +2,13 @@
 naming generation.base_url and what happened, exit 2, the finished batches kept, and a
 rerun that generates only the rest.
 
-The outage is real: vLLM's server (`safebench serve`'s code) for the tiny SFT checkpoint,
-killed with SIGKILL while `safebench generate` runs against it, then started again on the
-same port. It is this test's own server, not the shared one of tests/evals/conftest.py,
-which other tests still need. A 500 that outlasts the client's retries is something no
-real server does on demand: that case puts the FAULT INJECTOR proxy (a test fake,
-tests/evals/judge_fault_injector.py) in front of the tiny-oracle judge server, the cheapest
-real OpenAI-compatible chat server here (it answers any chat request, about 1 s to start).
+The outage is real: an OpenAI-compatible server process killed with SIGKILL while `safebench
+generate` runs against it, then started again at the same URL. The server is the tiny-oracle
+judge server (FastAPI + uvicorn, safebench/evals/judge/tiny_oracle_judge.py): it answers any
+chat request and starts in about a second, where a vLLM server takes 30 s or more here, twice
+per test; the backend's failure handling sees the same dropped connections either way. A 500
+that outlasts the client's retries is something no real server does on demand: that case puts
+the FAULT INJECTOR proxy (a test fake, tests/evals/judge_fault_injector.py) in front of it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from safebench.cli import main
+from safebench.evals.judge.tiny_oracle_judge import MODEL_NAME, serving_tiny_oracle_judge
 from tests.evals.backend_helpers import count_rows, samples
-from tests.helpers import ROOT, TINY_SERVED_MODEL
+from tests.helpers import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
 from judge_fault_injector import FaultInjectingProxy  # noqa: E402
@@ -37,56 +36,47 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("safebench: error:")]
 
 
-@pytest.mark.slow
-def test_server_killed_mid_run_keeps_rows_and_rerun_resumes(tiny_checkpoints, tmp_path, capsys):
-    pytest.importorskip("vllm", reason="the vllm extra is not installed (scripts/install-vllm.sh)")
-    from safebench.evals.serve import free_port, start_server, stop_server
+def test_server_killed_mid_run_keeps_rows_and_rerun_resumes(tmp_path, capsys):
+    from safebench.evals.serve import free_port
 
     port = free_port()
     run_dir = tmp_path / "run"
-    policy = tiny_checkpoints["policy"]
-    serve = dict(served_name=TINY_SERVED_MODEL, log_path=tmp_path / "server.log")
-    # Sampling (temperature 1): the resumed batches must get the seeds they would have had.
+    # Sampling settings and k=2: the resumed batches must get the seeds they would have had.
     # max_retries=1 so that the dead server is reported in about a second, not after 15 s of backoff.
-    command = ["generate", "--model", TINY_SERVED_MODEL, "--backend", "openai", "--suite", "tiny-harmful",
+    command = ["generate", "--model", MODEL_NAME, "--backend", "openai", "--suite", "tiny-harmful",
                "--out", str(run_dir), "--quiet", "--set", f"generation.base_url=http://127.0.0.1:{port}/v1",
-               "--set", "generation.temperature=1.0", "--set", "generation.k=2", "--set", "generation.batch_size=4",
-               "--set", "generation.max_new_tokens=32", "--set", "generation.max_retries=1"]
-    server = start_server(policy, port, **serve)
-    try:
+               "--set", "generation.template=chat", "--set", "generation.temperature=1.0",
+               "--set", "generation.k=2", "--set", "generation.batch_size=4", "--set", "generation.max_retries=1"]
+    with serving_tiny_oracle_judge(port=port) as server:
         process = subprocess.Popen([sys.executable, "-m", "safebench.cli", *command], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 300
         while count_rows(run_dir) < 16 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.01)
         os.killpg(server.process.pid, signal.SIGKILL)   # the server dies: no goodbye, requests in flight cut
         server.process.wait()
         stderr = process.communicate(timeout=120)[1]
-        assert process.returncode == 2, stderr[-3000:]
-        assert "Traceback" not in stderr, stderr[-3000:]
-        [line] = error_lines(stderr)
-        assert f"generation.base_url='http://127.0.0.1:{port}/v1'" in line
-        assert "after 1 retry" in line and "APIConnectionError" in line
-        assert "rerun the same command to generate the rest" in line
-        kept = count_rows(run_dir)
-        assert 0 < kept < TOTAL, f"the kill did not land midway ({kept} of {TOTAL} rows)"
-        assert kept % 4 == 0   # whole batches: the one in flight is dropped, not half-written
-        assert re.search(rf"the {kept} of {TOTAL} samples written so far are kept", line), line
-        before = samples(run_dir)
+    assert process.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    [line] = error_lines(stderr)
+    assert f"generation.base_url='http://127.0.0.1:{port}/v1'" in line
+    assert "after 1 retry" in line and "APIConnectionError" in line
+    assert "rerun the same command to generate the rest" in line
+    kept = count_rows(run_dir)
+    assert 0 < kept < TOTAL, f"the kill did not land midway ({kept} of {TOTAL} rows)"
+    assert kept % 4 == 0   # whole batches: the one in flight is dropped, not half-written
+    assert re.search(rf"the {kept} of {TOTAL} samples written so far are kept", line), line
+    before = samples(run_dir)
 
-        server = start_server(policy, port, **serve)   # the same URL, so the same stage key
+    with serving_tiny_oracle_judge(port=port):   # the same URL, so the same stage key
         assert main(command) == 0
-        assert f"{TOTAL - kept} sample(s) generated, {kept} reused" in capsys.readouterr().out
-        after = samples(run_dir)
-        assert len(after) == TOTAL
-        assert all(after[key] == row for key, row in before.items())   # kept rows were not redone
-    finally:
-        stop_server(server)
+    assert f"{TOTAL - kept} sample(s) generated, {kept} reused" in capsys.readouterr().out
+    after = samples(run_dir)
+    assert len(after) == TOTAL
+    assert all(after[key] == row for key, row in before.items())   # kept rows were not redone
 
 
 def test_server_errors_past_the_retries(tmp_path, capsys):
-    from safebench.evals.judge.tiny_oracle_judge import MODEL_NAME, serving_tiny_oracle_judge
-
     run_dir = tmp_path / "run"
     with serving_tiny_oracle_judge() as server:
         proxy = FaultInjectingProxy(server.url).start()

@@ -266,11 +266,13 @@ def run_forever(host: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def serving_tiny_oracle_judge(host: str = "127.0.0.1", startup_timeout: float = 60.0) -> Iterator:
-    """The oracle judge in its own process while the block runs; stopped afterwards, also on error."""
+def serving_tiny_oracle_judge(host: str = "127.0.0.1", startup_timeout: float = 60.0,
+                              port: int | None = None) -> Iterator:
+    """The oracle judge in its own process while the block runs; stopped afterwards, also on error.
+    On a free port unless `port` is given (a server restarted at the same URL)."""
     from safebench.evals import serve
 
-    port = serve.free_port(host)
+    port = port or serve.free_port(host)
     log_path = Path(tempfile.mkstemp(prefix="safebench-tiny-oracle-judge-", suffix=".log")[1])
     command = [sys.executable, "-m", "safebench.evals.judge.tiny_oracle_judge", "--host", host, "--port", str(port)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
