@@ -302,7 +302,8 @@ def paired_comparison(baseline_rows: pd.DataFrame, candidate_rows: pd.DataFrame,
 # method's outcome against `opponent` (pairwise: 1 win, 0.5 tie, 0 loss) or 1/0 for
 # harmful/not harmful (binary). `status` is 'ok' for a parsed verdict; anything else
 # ('unscored') is counted and never turned into a number.
-JUDGE_COLUMNS = ("method", "suite", "prompt_id", "protocol", "criterion", "opponent", "value", "status")
+JUDGE_COLUMNS = ("method", "suite", "prompt_id", "sample_idx", "protocol", "criterion", "opponent", "value",
+                 "status")
 
 
 def read_judge_verdicts(db_path: str | Path, stage_keys: Iterable[str]) -> pd.DataFrame | None:
@@ -320,7 +321,7 @@ def read_judge_verdicts(db_path: str | Path, stage_keys: Iterable[str]) -> pd.Da
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
         marks = ",".join("?" * len(stage_keys))
         frame = _verdicts_from_judgments(pd.read_sql_query(
-            "SELECT method, suite, prompt_id, protocol, criterion, order_ab, status, value "
+            "SELECT method, suite, prompt_id, sample_idx, protocol, criterion, order_ab, status, value "
             f"FROM judge_judgments WHERE stage_key IN ({marks})", db, params=stage_keys))
     return frame if len(frame) else None
 
@@ -366,7 +367,8 @@ def _verdicts_from_judgments(judgments: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for r in judgments.to_dict("records"):
-        base = {"method": r["method"], "suite": r["suite"], "prompt_id": r["prompt_id"], "protocol": r["protocol"]}
+        base = {"method": r["method"], "suite": r["suite"], "prompt_id": r["prompt_id"],
+                "sample_idx": r["sample_idx"], "protocol": r["protocol"]}
         if r["status"] in ("error", "not_judged"):
             continue  # not a verdict at all: the judge's own summary lists these
         scored = r["status"] == "scored" and r["value"] is not None

@@ -37,6 +37,7 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
 
     Returns the paths written and the number of scored rows per run.
     """
+    from safebench.reports.explorer import build_explorer
     from safebench.reports.figures import all_figures
     from safebench.reports.html import render_html
     from safebench.reports.markdown import render_markdown
@@ -72,6 +73,6 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(model, figures))
     # The HTML is written last: its presence means the whole report is there.
-    atomic_write_text(html_path, render_html(model, figures))
+    atomic_write_text(html_path, render_html(model, figures, build_explorer(model, runs)))
     return {"html": html_path, "markdown": md_path, "metrics": metrics_path, "figures": figure_paths,
             "rows": {run.label: int(len(run.results)) for run in runs}}

@@ -1,5 +1,6 @@
-"""The HTML report: one self-contained file (figures embedded as base64 PNG, inline CSS,
-no scripts), rendered by jinja2 with autoescaping on because it shows model text verbatim."""
+"""The HTML report: one self-contained file (figures embedded as base64 PNG, inline CSS, the
+sample explorer's one inline script and its data), rendered by jinja2 with autoescaping on
+because it shows model text verbatim."""
 
 from __future__ import annotations
 
@@ -20,5 +21,6 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render_html(model: ReportModel, figures: list) -> str:
-    return environment().get_template(TEMPLATE).render(model=model, figures=figures)
+def render_html(model: ReportModel, figures: list, explorer) -> str:
+    """`explorer`: the sample explorer and worst cases (reports.explorer.build_explorer)."""
+    return environment().get_template(TEMPLATE).render(model=model, figures=figures, explorer=explorer)
