@@ -16,7 +16,7 @@ from safebench.errors import CheckFailed, UsageError
 PLUGIN_COMMANDS = (
     "safebench.evals.cli",          # generate, serve
     "safebench.evals.judge.cli",    # judge, judge-validate
-    "safebench.reports.cli",        # report, check, reproduce
+    "safebench.reports.cli",        # report, export, check, reproduce
 )
 
 

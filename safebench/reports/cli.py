@@ -1,4 +1,4 @@
-"""Subcommands `report`, `check` and `reproduce`; safebench/cli.py wires them in with
+"""Subcommands `report`, `export`, `check` and `reproduce`; safebench/cli.py wires them in with
 `register(subparsers)`. Each handler takes the parsed args and returns the exit code;
 bad input raises UsageError (exit 2), a regression CheckFailed (exit 1)."""
 
@@ -17,6 +17,14 @@ def handle_report(args: argparse.Namespace) -> int:
                             n_boot=args.bootstrap, seed=args.seed)
     print(f"wrote {written['html']} and {written['markdown']} "
           f"({len(written['figures'])} figures; rows: {', '.join(f'{k} {v}' for k, v in written['rows'].items())})")
+    return 0
+
+
+def handle_export(args: argparse.Namespace) -> int:
+    from safebench.reports.export import export_run
+
+    path, rows = export_run(Path(args.run_dir), args.format, Path(args.out) if args.out else None)
+    print(f"wrote {path} ({rows} samples)")
     return 0
 
 
@@ -56,6 +64,17 @@ def register(subparsers) -> None:
     report.add_argument("--out", metavar="DIR", help="where to write the report (needed for several runs)")
     _bootstrap_options(report)
     report.set_defaults(handler=handle_report)
+
+    export = subparsers.add_parser(
+        "export", help="write a run's samples with every score and verdict as csv, parquet or jsonl",
+        description="One row per sample: run, method, suite, kind, category, prompt_id, prompt, sample, response, "
+                    "reward, cost, safe, oracle_*, refusal and the judge's per-sample verdicts (judge_*), in a "
+                    "flat table that pandas and datasets.load_dataset read directly.")
+    export.add_argument("run_dir", metavar="RUN_DIR")
+    # Checked by the handler, not by argparse choices: a bad value is then one line and exit 2.
+    export.add_argument("--format", metavar="FORMAT", help="csv | parquet | jsonl (default: the suffix of --out)")
+    export.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/samples.FORMAT)")
+    export.set_defaults(handler=handle_export)
 
     check = subparsers.add_parser(
         "check", help="CI gate: compare a run's safety metrics with a committed baseline",

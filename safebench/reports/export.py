@@ -76,17 +76,21 @@ def encode(table: pd.DataFrame, fmt: str) -> bytes:
         return table.to_csv(index=False).encode("utf-8")
     if fmt == "jsonl":
         # One JSON object per line; missing values are null (strict JSON has no NaN).
-        return table.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+        return table.to_json(orient="records", lines=True, force_ascii=False, double_precision=15).encode("utf-8")
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     return buffer.getvalue()
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> tuple[Path, int]:
-    """Write the samples of the run at `run_dir` as `fmt` to `out` (default RUN/samples.<suffix>);
-    returns the path and the number of rows."""
+def export_run(run_dir: str | Path, fmt: str | None, out: str | Path | None = None) -> tuple[Path, int]:
+    """Write the samples of the run at `run_dir` as `fmt` (None: by the suffix of `out`) to `out`
+    (default RUN/samples.<suffix>); returns the path and the number of rows."""
     from safebench.reports.runs import load_run
 
+    if fmt is None and out is not None and Path(out).suffix.lstrip(".") in FORMATS:
+        fmt = Path(out).suffix.lstrip(".")
+    if fmt is None:
+        raise UsageError(f"--format missing: expected one of {', '.join(FORMATS)} (or an --out FILE with that suffix)")
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)

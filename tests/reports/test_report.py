@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -29,7 +30,9 @@ def test_single_run_report_has_every_section(synthetic_run):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = written["html"].read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(written["figures"])
-    assert "src=\"http" not in html and "<script" not in html
+    assert "src=\"http" not in html
+    # The only scripts: the explorer's data (not run) and its code.
+    assert re.findall(r"<script([^>]*)>", html) == [' type="application/json" id="explorer-data"', ""]
     # Strict JSON: NaN would make this raise.
     json.loads(written["metrics"].read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
