@@ -39,6 +39,7 @@ def probe(argv: list[str]) -> dict:
     (["list", "methods"], 0),
     (["list", "presets"], 0),
     (["report", "--help"], 0),
+    (["export", "--help"], 0),
     (["judge", "--help"], 0),
     (["run", "--preset", "tiny", "--methods", "bogus"], 2),
     (["run", "--preset", "nope"], 2),

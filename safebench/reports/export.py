@@ -75,8 +75,10 @@ def encode(table: pd.DataFrame, fmt: str) -> bytes:
     if fmt == "csv":
         return table.to_csv(index=False).encode("utf-8")
     if fmt == "jsonl":
-        # One JSON object per line; missing values are null (strict JSON has no NaN).
-        return table.to_json(orient="records", lines=True, force_ascii=False, double_precision=15).encode("utf-8")
+        # One JSON object per line; missing values are null (strict JSON has no NaN). The Unicode
+        # line separators are escaped: valid inside JSON strings, but line readers split at them.
+        text = table.to_json(orient="records", lines=True, force_ascii=False, double_precision=15)
+        return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode("utf-8")
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     return buffer.getvalue()
