@@ -4,6 +4,7 @@ would, read values back, take screenshots. Debian's chromium (installed by .ci/r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import shutil
@@ -21,6 +22,7 @@ START_TIMEOUT_S = 60
 class Chromium:
     def __init__(self, profile: Path, *, width: int = 1280, height: int = 1000):
         assert CHROMIUM, "chromium is not installed (apt-get install -y chromium; .ci/run does it)"
+        self.exits = contextlib.ExitStack()
         profile = Path(profile)
         profile.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
@@ -33,7 +35,8 @@ class Chromium:
             port = self._port(profile / "DevToolsActivePort")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as answer:
                 pages = [t for t in json.load(answer) if t["type"] == "page"]
-            self.socket = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+            self.socket = self.exits.enter_context(
+                connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=30))
         except BaseException:
             self.close()
             raise
@@ -71,10 +74,12 @@ class Chromium:
             self.events.append(json.loads(self.socket.recv(timeout=120)))
 
     def open(self, url: str) -> None:
-        """Load `url` and wait for its load event."""
-        self.events.clear()
-        self.send("Page.navigate", url=url)
-        self.wait_for("Page.loadEventFired")
+        """Load `url` afresh and wait for its load event (by way of about:blank: a navigation
+        that changes only the fragment would not load the page again)."""
+        for target in ("about:blank", url):
+            self.events.clear()
+            self.send("Page.navigate", url=target)
+            self.wait_for("Page.loadEventFired")
 
     def evaluate(self, expression: str):
         """The value of a JavaScript expression in the page (promises awaited)."""
@@ -96,9 +101,7 @@ class Chromium:
         Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **params)["data"]))
 
     def close(self) -> None:
-        socket = getattr(self, "socket", None)
-        if socket is not None:
-            socket.close()
+        self.exits.close()
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
