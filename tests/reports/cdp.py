@@ -88,15 +88,17 @@ class Chromium:
             raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def screenshot(self, path: Path, selector: str | None = None) -> None:
-        """A PNG of the viewport, or of the element `selector` names (whole, beyond the viewport)."""
+    def screenshot(self, path: Path, selector: str | None = None, max_height: float | None = None) -> None:
+        """A PNG of the viewport, or of the element `selector` names (beyond the viewport, its
+        top `max_height` pixels when given)."""
         import base64
 
         params: dict = {"format": "png"}
         if selector is not None:
             box = self.evaluate(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
                                 ".getBoundingClientRect(); return [r.left + scrollX, r.top + scrollY, r.width, r.height]; })()")
-            params.update(clip={"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1},
+            height = box[3] if max_height is None else min(box[3], max_height)
+            params.update(clip={"x": box[0], "y": box[1], "width": box[2], "height": height, "scale": 1},
                           captureBeyondViewport=True)
         Path(path).write_bytes(base64.b64decode(self.send("Page.captureScreenshot", **params)["data"]))
 
