@@ -199,6 +199,7 @@
   checkbox("disagree", "methods disagree");
   checkbox("judgediff", "cost model vs judge/oracle disagree");
   controls.append(el("label", {}, ["search ", el("input", {type: "search", "data-key": "q", placeholder: "prompt text or id"})]));
+  controls.append(el("label", {}, ["prompt id ", el("input", {type: "search", "data-key": "prompt", size: "8"})]));
   select("sort", "sort", [["default", "suite, prompt"], ["cost", "highest cost first"], ["gap", "largest reward gap between methods"]]);
   const reset = el("button", {type: "button", text: "reset"});
   controls.append(reset);
