@@ -133,7 +133,7 @@ def test_table_cells_link_to_their_samples_and_significant_differences_are_marke
 
 def test_comparison_shows_the_same_prompt_across_runs(runs, tmp_path):
     first = runs.make(tmp_path / "a" / "run", runs.rows(seed=1, n_prompts=10))
-    second = runs.make(tmp_path / "b" / "run", runs.rows(seed=2, n_prompts=10))
+    second = runs.make(tmp_path / "b" / "run", runs.rows(seed=2, n_prompts=10, unsafe_share={"sft": 0.55, "repo": 0.95}))
     html = write_reports([first, second], tmp_path / "cmp", n_boot=100)["html"].read_text(encoding="utf-8")
     data = json.loads(blob(html))
     assert [c["label"] for c in data["columns"]] == ["run/sft", "run/repo", "run-2/sft", "run-2/repo"]
@@ -145,3 +145,9 @@ def test_comparison_shows_the_same_prompt_across_runs(runs, tmp_path):
     assert all(columns == {0, 1, 2, 3} for columns in per_prompt.values())
     across = [href for text, href in links(html).items()]
     assert any(fragment(h).get("cols") == ["run/repo", "run-2/repo"] for h in across)
+    # The second run's repo is unsafe far more often than the first's, on the same prompts.
+    safety = html[html.index('id="table-safety"'):]
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", safety[:safety.index("</table>")], re.S)
+               if re.sub(r"<[^>]+>", "", r).startswith("run-2repotiny-harmful"))
+    unsafe_share_cell = re.findall(r"<td[^>]*>(.*?)</td>", row)[6]
+    assert "▲ run/repo" in unsafe_share_cell
