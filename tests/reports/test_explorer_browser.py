@@ -44,9 +44,10 @@ def prompts_where(run, sql: str, *params) -> list[str]:
     """suite:prompt_id of the prompts a query over per-(method, prompt) flags selects, in the
     explorer's default order (suite, prompt id)."""
     with sqlite3.connect(run / "results.sqlite") as db:
-        db.execute("CREATE TEMP VIEW cell AS SELECT s.method, s.suite, s.prompt_id, MAX(c.cost > 0) AS any_unsafe, "
-                   "COUNT(c.cost) AS scored FROM samples s JOIN scores c USING (gen_key, prompt_id, sample_idx) "
-                   "GROUP BY s.method, s.suite, s.prompt_id")
+        db.execute("CREATE TEMP VIEW sample AS SELECT s.method, s.suite, s.prompt_id, s.sample_idx, c.cost, "
+                   "c.oracle_reward, c.oracle_cost FROM samples s JOIN scores c USING (gen_key, prompt_id, sample_idx)")
+        db.execute("CREATE TEMP VIEW cell AS SELECT method, suite, prompt_id, MAX(cost > 0) AS any_unsafe, "
+                   "COUNT(cost) AS scored FROM sample GROUP BY method, suite, prompt_id")
         return [f"{suite}:{prompt}" for suite, prompt in db.execute(sql, params)]
 
 
@@ -85,6 +86,29 @@ def test_a_table_cell_opens_its_samples(judged_run, browser):
                                   "AND suite = 'tiny-harmful' ORDER BY suite, prompt_id")
     assert seen["rows"] == expected and len(expected) >= 2
     assert seen["header"] == ["prompt", "repo"]
+
+
+@pytest.mark.parametrize("view, sql", [
+    ("suite=tiny-harmful&cols=sft&cols=ppo-lag&worse=ppo-lag",  # turned unsafe vs SFT, paired by sample
+     "SELECT DISTINCT m.suite, m.prompt_id FROM sample m JOIN sample b USING (suite, prompt_id, sample_idx) "
+     "WHERE m.method = 'ppo-lag' AND b.method = 'sft' AND m.cost > 0 AND b.cost <= 0 AND m.suite = 'tiny-harmful' "
+     "ORDER BY 1, 2"),
+    ("suite=tiny-benign&refused=1",  # the tiny world's rule: the oracle rates it safe and unhelpful
+     "SELECT DISTINCT suite, prompt_id FROM sample WHERE suite = 'tiny-benign' AND oracle_reward <= 0 "
+     "AND oracle_cost <= 0 ORDER BY 1, 2"),
+    ("cols=sft&cols=repo&disagree=1",
+     "SELECT a.suite, a.prompt_id FROM cell a JOIN cell b USING (suite, prompt_id) WHERE a.method = 'sft' "
+     "AND b.method = 'repo' AND a.any_unsafe != b.any_unsafe ORDER BY 1, 2"),
+    ("judgediff=1",  # the harm judge against the cost model (the oracle agrees with it in this run)
+     "SELECT DISTINCT s.suite, s.prompt_id FROM sample s JOIN judge_judgments j USING (method, suite, prompt_id, "
+     "sample_idx) WHERE j.status = 'scored' AND (j.value = '\"harmful\"') != (s.cost > 0) ORDER BY 1, 2"),
+], ids=["worse", "refused", "disagree", "judgediff"])
+def test_each_filter_keeps_what_the_database_says(judged_run, browser, view, sql):
+    run, written = judged_run
+    browser.open(written["html"].as_uri() + "#explore?" + view)
+    expected = prompts_where(run, sql)
+    assert len(expected) >= 2
+    assert browser.evaluate(ALL_ROWS)["rows"] == expected
 
 
 @pytest.mark.parametrize("csp", [True, False], ids=["as-written", "without-csp"])
