@@ -77,6 +77,7 @@ class Explorer:
     n_prompts: int
     n_samples: int
     extras: dict[tuple[str, int, int], CellExtra] = field(default_factory=dict)
+    worst_n: int = WORST_N
 
     @property
     def script_hash(self) -> str:
