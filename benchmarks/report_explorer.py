@@ -5,9 +5,8 @@ it, and in headless Chromium the time to first paint and until the explorer is u
 
 The run has four methods on one harmful suite (k = 2) with answers of about 600 characters,
 written through the real RunStore. Each load is a fresh navigation of the same browser; the
-figures are medians over the loads (goal: the explorer usable within 3 s). Also writes a
-screenshot of the explorer, filtered, to reports/results/explorer.png. Prints a table and
-writes JSON.
+figures are medians over the loads (goal: the explorer usable within 3 s). Prints a table
+and writes JSON.
 """
 
 from __future__ import annotations
@@ -74,7 +73,6 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=10_000)
     parser.add_argument("--loads", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/report_explorer.json"))
-    parser.add_argument("--screenshot", default=str(ROOT / "reports/results/explorer.png"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -92,7 +90,6 @@ def main(argv=None) -> int:
                 browser.open(html.as_uri())
                 loads.append(browser.evaluate(TIMINGS))
                 filters.append(browser.evaluate(FILTER))
-            browser.screenshot(Path(args.screenshot), "#explorer", max_height=1400)
     median = {key: statistics.median(load[key] for load in loads) for key in loads[0]}
     results = {"samples": len(rows), "methods": len(METHODS), "k": K, "python": sys.version.split()[0],
                "machine": platform.machine(), "chromium": "headless, DevTools protocol", "loads": args.loads,
@@ -105,7 +102,7 @@ def main(argv=None) -> int:
     print(f"{len(rows):>8} {results['report_bytes'] / 1e6:>9.2f} {data_bytes / 1e6:>8.2f} {write_s:>8.1f} "
           f"{median['first_paint_ms']:>15.0f} {median['explorer_ready_ms']:>18.0f} {median['load_event_ms']:>8.0f} "
           f"{results['median_filter_ms']:>9.0f}")
-    print(f"wrote {args.out} and {args.screenshot}")
+    print(f"wrote {args.out}")
     return 0
 
 
