@@ -137,3 +137,7 @@ def runs():
 
     return SimpleNamespace(make=make_run, rows=synthetic_rows, doctor=doctor_costs, judge=record_judgments,
                            pairwise_answer=pairwise_answer)
+
+
+# A judged run of three methods, once per session (tests/reports/explorer_fixtures.py).
+from tests.reports.explorer_fixtures import judged_run  # noqa: E402,F401

@@ -1,6 +1,6 @@
 """A judged run of three methods for the explorer and export tests, written once per session
 through the real RunStore (tests/reports/conftest.py), with model text that tries to break out
-of the report. Test modules import the fixture from here."""
+of the report. tests/reports/conftest.py makes the fixture visible to the tests here."""
 
 from __future__ import annotations
 

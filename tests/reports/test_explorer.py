@@ -15,7 +15,7 @@ import pytest
 
 from safebench.reports import write_reports
 from safebench.reports.explorer import WORST_N, script_json
-from tests.reports.explorer_fixtures import ATTACK, ATTACKED, judged_run  # noqa: F401 (fixture)
+from tests.reports.explorer_fixtures import ATTACK, ATTACKED
 
 SAMPLES_SQL = ("SELECT s.method, s.suite, s.prompt_id, s.sample_idx, s.response, c.cost FROM samples s "
                "JOIN scores c USING (gen_key, prompt_id, sample_idx)")

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from tests.reports.cdp import Chromium
-from tests.reports.explorer_fixtures import ATTACK, ATTACKED, judged_run  # noqa: F401 (fixture)
+from tests.reports.explorer_fixtures import ATTACK, ATTACKED
 
 CSP = re.compile(r'<meta http-equiv="Content-Security-Policy"[^>]*>')
 # Every row the filters let through, page by page (the explorer shows 25 prompts a page).

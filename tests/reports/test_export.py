@@ -11,7 +11,7 @@ import pytest
 
 from safebench import cli
 from safebench.reports.export import BASE_COLUMNS
-from tests.reports.explorer_fixtures import ATTACK, ATTACKED, judged_run  # noqa: F401 (fixture)
+from tests.reports.explorer_fixtures import ATTACK, ATTACKED
 
 READERS = {"csv": pd.read_csv, "parquet": pd.read_parquet, "jsonl": lambda path: pd.read_json(path, lines=True)}
 BUILDERS = {"csv": "csv", "parquet": "parquet", "jsonl": "json"}
