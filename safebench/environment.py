@@ -34,7 +34,8 @@ def cpu() -> dict:
 
 
 def of_manifest(manifest: dict) -> dict:
-    """The comparable environment of a run: package versions, torch's thread count, the CPU."""
+    """The comparable environment of a run: package versions, torch's thread count, the CPU.
+    safebench's own version is left out: the code is what the gate tests, not its environment."""
     environment = manifest.get("environment") or {}
     return {"versions": {k: v for k, v in (manifest.get("versions") or {}).items() if k != "safebench"},
             "torch_threads": environment.get("torch_threads"), "cpu": environment.get("cpu")}
