@@ -110,7 +110,8 @@ def cmd_train(args) -> int:
         return 0
     manifests = seeds_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
     for seed, manifest in zip(seeds, manifests):
-        print(f"{args.method} (seed {seed}): {seeds_module.seed_dir(out, seed) / manifest['methods'][args.method]['checkpoint']}")
+        checkpoint = seeds_module.seed_dir(out, seed) / manifest["methods"][args.method]["checkpoint"]
+        print(f"{args.method} (seed {seed}): {checkpoint}")
     return 0
 
 
