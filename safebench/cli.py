@@ -41,6 +41,9 @@ def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> No
                             help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant "
                                  "\"sacpo[beta_over_lambda=0.01]\" (default: the preset's)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: runs/PRESET)")
+    parser.add_argument("--seeds", default=None, metavar="S,S,...",
+                        help="replicates: the whole run once per seed, into OUT/seed-S, with the mean across "
+                             "seeds in OUT (e.g. --seeds 0,1,2; instead of --set seed=N)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override any config field, e.g. --set trainers.sft.lr=1e-5 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -60,10 +63,11 @@ def choose_threads(config) -> None:
 
 
 def cmd_run(args) -> int:
-    from safebench import config as config_module
+    from safebench import config as config_module, seeds as seeds_module
     from safebench.pipeline import run_pipeline
 
     overrides = list(args.overrides)
+    seeds = None if args.seeds is None else config_module.parse_seeds(args.seeds, overrides)
     config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     if args.max_judge_cost is not None:
         if not config.judge:
@@ -73,12 +77,16 @@ def cmd_run(args) -> int:
         config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     choose_threads(config)
     out = args.out or Path("runs") / args.preset
-    manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
-                            request=config_module.request_record(args.preset, args.methods, overrides))
+    if seeds is None:
+        seeds_module.refuse_mixed(out, seeded=False)
+        manifests = [run_pipeline(config, recipes, out, quiet=args.quiet,
+                                  request=config_module.request_record(args.preset, args.methods, overrides))]
+    else:
+        manifests = seeds_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
     summary = (out / "summary.md").read_text()
     print(summary)
-    executed = manifest["_executed"]
-    print(f"run directory: {out}  ({len(executed)} stage(s) run, {len(manifest['_skipped'])} reused)")
+    executed, skipped = (sum(len(m[field]) for m in manifests) for field in ("_executed", "_skipped"))
+    print(f"run directory: {out}  ({executed} stage(s) run, {skipped} reused)")
     if (out / "report.html").exists():
         print(f"report: {out / 'report.html'}")
     return 0
@@ -86,37 +94,56 @@ def cmd_run(args) -> int:
 
 def cmd_train(args) -> int:
     """Train one method (and what it depends on) without evaluating it."""
-    from safebench import config as config_module
+    from safebench import config as config_module, seeds as seeds_module
     from safebench.pipeline import run_pipeline
 
     overrides = [*args.overrides, "suites=[]"]
+    seeds = None if args.seeds is None else config_module.parse_seeds(args.seeds, overrides)
     config, recipes = config_module.resolve(args.preset, [args.method], overrides)
     choose_threads(config)
     out = args.out or Path("runs") / args.preset
-    manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
-                            request=config_module.request_record(args.preset, [args.method], overrides))
-    print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
+    if seeds is None:
+        seeds_module.refuse_mixed(out, seeded=False)
+        manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
+                                request=config_module.request_record(args.preset, [args.method], overrides))
+        print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
+        return 0
+    manifests = seeds_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
+    for seed, manifest in zip(seeds, manifests):
+        checkpoint = seeds_module.seed_dir(out, seed) / manifest["methods"][args.method]["checkpoint"]
+        print(f"{args.method} (seed {seed}): {checkpoint}")
     return 0
 
 
 def cmd_score(args) -> int:
-    """Score every unscored sample of a run with its reward and cost models."""
+    """Score every unscored sample of a run (or of each seed of a set of seeds) with its reward and
+    cost models."""
+    from safebench import seeds as seeds_module
+
+    replicates = seeds_module.replicates(Path(args.run))
+    for run_dir in (replicates or {None: Path(args.run)}).values():
+        score_run(run_dir, args)
+    if replicates:
+        seeds_module.write_across_seeds(Path(args.run))
+    print((Path(args.run) / "summary.md").read_text())
+    return 0
+
+
+def score_run(run_dir: Path, args) -> None:
     from safebench import config as config_module
     from safebench.pipeline import load_manifest, run_pipeline
 
-    manifest_path = Path(args.run) / "manifest.json"
+    manifest_path = run_dir / "manifest.json"
     if not manifest_path.is_file():
-        raise UsageError(f"{args.run}: not a safebench run directory (no manifest.json)")
+        raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
     # The run's own request (preset, methods, --set), with this command's --set on top: the
     # run's settings stay unless overridden here, so its stages (and keys) are found again.
-    recorded = config_module.recorded_request(load_manifest(args.run))
+    recorded = config_module.recorded_request(load_manifest(run_dir))
     request = {**recorded, "overrides": [*recorded["overrides"], *args.overrides]}
     config, recipes = config_module.resolve(request["preset"], request["methods"], request["overrides"],
                                             methods_source=f"{manifest_path}: field 'request.methods'")
     choose_threads(config)
-    run_pipeline(config, recipes, args.run, quiet=args.quiet, request=request)
-    print((Path(args.run) / "summary.md").read_text())
-    return 0
+    run_pipeline(config, recipes, run_dir, quiet=args.quiet, request=request)
 
 
 def cmd_list(args) -> int:

@@ -140,6 +140,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, _numberish(value)
 
 
+def parse_seeds(text: str, overrides: list[str] = ()) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]: distinct integers >= 0, in the order given. Each seed is one
+    replicate of the whole run, so `--set seed=N` beside it would be ambiguous."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit():
+            raise UsageError(f"--seeds {text!r}: {part!r} is not a seed; expected integers >= 0 separated "
+                             "by commas, e.g. --seeds 0,1,2")
+        if int(part) in seeds:
+            raise UsageError(f"--seeds {text!r}: seed {int(part)} is given twice")
+        seeds.append(int(part))
+    for override in overrides:
+        if parse_override(override)[0] == ["seed"]:
+            raise UsageError(f"--seeds {text!r} and --set {override!r} both set the seed; use one of them")
+    return seeds
+
+
 def _numberish(value: Any) -> Any:
     """YAML 1.1 reads `1e-5` as a string; a user typing it means a number."""
     if isinstance(value, str):

@@ -219,6 +219,121 @@ def summarize(results: pd.DataFrame, *, by: Iterable[str] = ("method", "suite"),
     return pd.DataFrame(rows)
 
 
+# --- replicates: one row per seed, and the mean across seeds ---------------------------------
+# How the interval of a row across seeds was made, as reports and metrics.json name it.
+INTERVAL_SEEDS = "t over seeds"
+INTERVAL_PROMPTS = "bootstrap over prompts"
+# Columns of a per-seed summary that add up across seeds; `k` and the labels are kept as they are.
+_SUMMED = ("n_samples", "n_prompts", "n_unscored", "oracle_n_unscored")
+
+
+def t_interval(values: Iterable[float]) -> tuple[float, float, float, float]:
+    """(mean, low, high, sd) of replicate values: mean ± t(0.975, n-1) · sd / √n, the 95 % interval
+    of the mean when each value is an independent replicate (one training seed). NaNs are left out;
+    fewer than two values give no interval."""
+    values = np.asarray([v for v in values if not _is_missing(v)], dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, values.size - 1)) * sd / math.sqrt(values.size)
+    return mean, mean - half, mean + half, sd
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def interval_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics of a summary table that carry an interval (NAME beside NAME_low and NAME_high)."""
+    return [c for c in table.columns if f"{c}_low" in table.columns and f"{c}_high" in table.columns]
+
+
+def across_seeds(per_seed: pd.DataFrame, by: Iterable[str]) -> pd.DataFrame:
+    """Rows of a per-seed summary (a `seed` column among its keys) pooled over seeds, per group `by`.
+
+    Each metric with an interval becomes the mean of its per-seed values with the 95 % t-interval
+    over seeds (`t_interval`) and its sd (NAME_sd); other numbers are averaged, counts added up.
+    A group with one seed keeps that seed's bootstrap interval over prompts. Column `interval`
+    says which (INTERVAL_SEEDS or INTERVAL_PROMPTS); `n_seeds` and `seeds` list the replicates."""
+    by = list(by)
+    names = interval_metrics(per_seed)
+    derived = {f"{n}_{end}" for n in names for end in ("low", "high")}
+    rows = []
+    for keys, group in per_seed.groupby(by, sort=True, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        seeds = sorted(int(s) for s in group["seed"])
+        row = dict(zip(by, keys))
+        row.update(n_seeds=len(seeds), seeds=",".join(map(str, seeds)))
+        if len(group) == 1:
+            only = group.iloc[0]
+            row.update({c: only[c] for c in per_seed.columns if c not in by and c != "seed"})
+            row["interval"] = INTERVAL_PROMPTS
+            rows.append(row)
+            continue
+        row["interval"] = INTERVAL_SEEDS
+        for column in per_seed.columns:
+            if column in by or column == "seed" or column in derived:
+                continue
+            values = group[column]
+            if column in names:
+                row[column], row[f"{column}_low"], row[f"{column}_high"], row[f"{column}_sd"] = t_interval(values)
+            elif column in _SUMMED:
+                row[column] = int(values.sum())
+            elif column == "k":
+                row[column] = int(values.max())
+            elif pd.api.types.is_numeric_dtype(values):
+                row[column] = float(values.mean())
+            else:
+                present = sorted({str(v) for v in values if not _is_missing(v) and v != ""})
+                row[column] = present[0] if len(present) == 1 else "+".join(present)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_seeds(results: pd.DataFrame, *, by: Iterable[str] = ("method", "suite"),
+                    n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-seed summary, summary across seeds) of results with a `seed` column: `summarize` per
+    group and seed (bootstrap over that seed's prompts), then `across_seeds`."""
+    by = list(by)
+    per_seed = summarize(results, by=(*by, "seed"), n_boot=n_boot, seed=seed)
+    if per_seed.empty:
+        return per_seed, per_seed.drop(columns=["seed"])
+    return per_seed, across_seeds(per_seed, by)
+
+
+def paired_across_seeds(per_seed: dict[int, dict]) -> dict:
+    """Per-seed paired comparisons (`paired_comparison`, each on that seed's prompts) combined with
+    the seed as the unit: for the share of safe prompts (candidate - baseline, from McNemar's
+    discordant counts), the mean reward and the mean cost, the mean of the per-seed differences,
+    its 95 % t-interval over seeds and the two-sided p-value of a one-sample t-test that it is 0
+    (seeds are independent replicates; the prompts within a seed are paired, not independent)."""
+    seeds = sorted(per_seed)
+    out: dict = {"seeds": seeds, "n_seeds": len(seeds),
+                 "n_prompts": int(sum(per_seed[s]["n_prompts"] for s in seeds))}
+    differences = {
+        "safe_share": [(t["mcnemar"]["candidate_only_safe"] - t["mcnemar"]["baseline_only_safe"])
+                       / t["mcnemar"]["n_pairs"] if t["mcnemar"]["n_pairs"] else math.nan
+                       for t in (per_seed[s] for s in seeds)],
+        "reward": [per_seed[s]["reward"]["mean_diff"] for s in seeds],
+        "cost": [per_seed[s]["cost"]["mean_diff"] for s in seeds],
+    }
+    for label, values in differences.items():
+        mean, low, high, sd = t_interval(values)
+        present = [v for v in values if not _is_missing(v)]
+        if len(present) < 2:
+            p_value = math.nan
+        elif sd == 0:
+            p_value = 1.0 if mean == 0 else 0.0
+        else:
+            p_value = float(stats.ttest_1samp(present, 0.0).pvalue)
+        out[label] = {"mean_diff": mean, "low": low, "high": high, "sd": sd, "p_value": p_value,
+                      "per_seed": dict(zip(seeds, values))}
+    return out
+
+
 # --- paired tests between two methods on the same prompts -----------------------------------
 def mcnemar_exact(baseline_safe: Iterable[bool], candidate_safe: Iterable[bool]) -> dict:
     """Exact McNemar test on paired binary outcomes.

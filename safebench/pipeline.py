@@ -12,14 +12,16 @@ and renamed into place, so a killed stage never leaves a half-written checkpoint
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, registry, threads
+from safebench import __version__, data as data_module, environment, registry, threads
 from safebench.config import RunConfig
 from safebench.errors import UsageError
 from safebench.evals import suites as suites_module
@@ -64,13 +66,17 @@ def versions() -> dict:
 
 class Pipeline:
     def __init__(self, config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
-                 log: Callable[[str], None] | None = None, request: dict | None = None):
+                 log: Callable[[str], None] | None = None, request: dict | None = None,
+                 shared_runs: list[Path] = ()):
         self.config = config
         self.recipes = recipes
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.store = RunStore(self.run_dir)
+        # Other seeds' run directories of a set of seeds (safebench/seeds.py): a stage done there
+        # under the same key (one whose key does not depend on the seed) is hard-linked, not rebuilt.
+        self.shared_runs = [Path(p) for p in shared_runs]
         # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
         # kept when the samples it judged are unchanged (see `judge`).
         self.previous_manifest = (json.loads(self.store.manifest_path.read_text())
@@ -78,7 +84,7 @@ class Pipeline:
         self.manifest = {
             "safebench_version": __version__, "status": "running", "preset": config.preset,
             "config": config.model_dump(mode="json"), "config_hash": config.hash(),
-            "git": git_state(), "versions": versions(), "environment": threads.record(),
+            "git": git_state(), "versions": versions(), "environment": {**threads.record(), "cpu": environment.cpu()},
             "seeds": {"run": config.seed},
             "assets": {}, "stages": {}, "methods": {}, "evaluations": [], "timings": {},
         }
@@ -97,6 +103,7 @@ class Pipeline:
         key = self.stage_key(name, key_material)
         directory = self.store.stage_dir(name, key)
         self.manifest["stages"][name] = self.store.stage_record(name, key)
+        self.link_shared_stage(name, key)
         if self.store.stage_done(name, key):
             self.log(f"[skip] {name} ({key}): already done")
             self.skipped.append(name)
@@ -113,6 +120,18 @@ class Pipeline:
         self.executed.append(name)
         self.write_manifest()
         return key, directory
+
+    def link_shared_stage(self, name: str, key: str) -> None:
+        """Hard-link a finished stage of the same key from another seed's run into this run."""
+        if self.store.stage_done(name, key):
+            return
+        for other in self.shared_runs:
+            source = RunStore.stage_dir_in(other, name, key)
+            if (source / "DONE.json").exists():
+                with atomic_directory(self.store.stage_dir(name, key)) as tmp:
+                    shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
+                self.log(f"[link] {name} ({key}): done in {other}")
+                return
 
     def write_manifest(self) -> None:
         atomic_write_json(self.store.manifest_path, self.manifest)
@@ -423,8 +442,8 @@ class Pipeline:
 
 
 def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
-                 request: dict | None = None) -> dict:
-    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request)
+                 request: dict | None = None, shared_runs: list[Path] = ()) -> dict:
+    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs)
     try:
         manifest = pipeline.run()
     finally:

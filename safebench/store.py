@@ -117,8 +117,12 @@ class RunStore:
 
     # --- stages -------------------------------------------------------------------
     def stage_dir(self, name: str, key: str) -> Path:
+        return self.stage_dir_in(self.run_dir, name, key)
+
+    @staticmethod
+    def stage_dir_in(run_dir: Path, name: str, key: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in name)
-        return self.run_dir / "stages" / f"{safe}-{key}"
+        return Path(run_dir) / "stages" / f"{safe}-{key}"
 
     def stage_done(self, name: str, key: str) -> bool:
         return (self.stage_dir(name, key) / "DONE.json").exists()

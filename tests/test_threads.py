@@ -63,9 +63,11 @@ def test_the_users_setting_wins():
 
 def test_manifest_records_the_choice(tiny_run, tiny_rerun):
     # The session's tests run with OMP_NUM_THREADS=1 (tests/conftest.py): the user's setting.
+    from safebench import environment
+
     recorded = json.loads((tiny_run / "manifest.json").read_text())["environment"]
     assert recorded == {"torch_threads": 1, "threads_decided_by": "OMP_NUM_THREADS=1 (set by the user)",
-                        "OMP_NUM_THREADS": "1"}
+                        "OMP_NUM_THREADS": "1", "cpu": environment.cpu()}
     # Unset: the CLI decides for the tiny policy (`tiny_rerun`: a rerun on a copy, without the setting).
     run_dir, _ = tiny_rerun
     recorded = json.loads((run_dir / "manifest.json").read_text())["environment"]

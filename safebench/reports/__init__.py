@@ -65,9 +65,13 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
     metrics_path = out_dir / "metrics.json"
     atomic_write_json(metrics_path, json_safe({
         "n_boot": n_boot, "seed": seed,
+        # summary: per run x method x suite, the mean over seeds with its interval (column
+        # `interval`: "t over seeds", or with one seed "bootstrap over prompts"); per_seed: each seed
         "summary": model.summary.to_dict("records"),
+        "per_seed": model.per_seed.to_dict("records"),
         "by_category": model.by_category.to_dict("records"),
         "paired": model.comparisons,
+        "paired_across_seeds": model.comparisons_across_seeds,
         "judge": model.judge.to_dict("records") if len(model.judge) else [],
     }))
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"

@@ -97,7 +97,8 @@ def prompt_cost_distributions(results: pd.DataFrame, several_runs: bool) -> list
     figures = []
     scored = results[results["cost"].notna()]
     for suite, rows in scored.groupby("suite", sort=True):
-        per_prompt = rows.groupby(["run", "method", "prompt_id"])["cost"].mean()
+        # a prompt is one seed's prompt: seeds of a set of seeds may reuse prompt ids
+        per_prompt = rows.groupby(["run", "method", "seed", "prompt_id"])["cost"].mean()
         groups = [(label, values.to_numpy()) for label, values in per_prompt.groupby(level=["run", "method"])]
         if not groups:
             continue
@@ -168,10 +169,12 @@ def training_curves(curves: pd.DataFrame, several_runs: bool) -> ReportFigure | 
     fig = Figure(figsize=(6.4, 2.6 * len(panels)))
     for i, (title, chosen) in enumerate(panels, start=1):
         ax = fig.add_subplot(len(panels), 1, i)
-        for (run, method, name), group in curves[curves["name"].isin(chosen)].groupby(
-                ["run", "method", "name"], sort=True):
+        several_seeds = curves["seed"].nunique() > 1
+        for (run, method, seed, name), group in curves[curves["name"].isin(chosen)].groupby(
+                ["run", "method", "seed", "name"], sort=True):
             group = group.sort_values("step")
-            ax.plot(group["step"], group["value"], label=f"{_series_label(run, method, several_runs)}: {name}")
+            label = _series_label(run, method, several_runs) + (f" seed {seed}" if several_seeds else "")
+            ax.plot(group["step"], group["value"], label=f"{label}: {name}")
         ax.set_ylabel(title)
         ax.legend(fontsize=6, loc="best")
     fig.axes[-1].set_xlabel("step")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from safebench import metrics
+from safebench import metrics, seeds
 from safebench.errors import UsageError
 from safebench.store import RunStore
 
@@ -34,12 +34,18 @@ class RunData:
     verdicts: pd.DataFrame | None  # judge verdicts, None when the run has none
     suites: dict[str, str]         # suite name -> kind, from the manifest's evaluations
     judge_note: str | None = None  # how the verdicts were chosen, when that needs saying
+    # seed -> manifest of each replicate (safebench/seeds.py); one entry for a run without --seeds
+    replicates: dict[int, dict] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
+    """One run, or a set of seeds (every seed's rows, with a `seed` column either way)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
+    replicate_dirs = seeds.replicates(run_dir)
+    if replicate_dirs is not None:
+        return _load_seeds(run_dir, replicate_dirs, label or run_dir.name)
     if not (run_dir / "manifest.json").is_file():
         raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
     try:
@@ -60,11 +66,29 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     finally:
         store.close()
     label = label or run_dir.name
-    results = results.assign(run=label)
-    curves = curves.assign(run=label)
+    seed = seeds.seed_of(manifest)
+    results = results.assign(run=label, seed=seed)
+    curves = curves.assign(run=label, seed=seed)
     suites = {ev["suite"]: ev.get("kind") or "" for ev in evaluations}
     verdicts, judge_note = _judge_verdicts(run_dir, manifest)
-    return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note)
+    return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note, {seed: manifest})
+
+
+def _load_seeds(run_dir: Path, replicate_dirs: dict[int, Path], label: str) -> RunData:
+    """A set of seeds as one run: its seeds' rows under one label. `manifest` is the first seed's,
+    with status 'complete' only when every seed's run is."""
+    parts = {seed: load_run(path, label) for seed, path in replicate_dirs.items()}
+    first = next(iter(parts.values()))
+    statuses = [part.manifest.get("status") for part in parts.values()]
+    manifest = {**first.manifest, "status": next((s for s in statuses if s != "complete"), "complete")}
+    verdicts = [part.verdicts.assign(seed=seed) for seed, part in parts.items() if part.verdicts is not None]
+    notes = [f"seed {seed}: {part.judge_note}" for seed, part in parts.items() if part.judge_note]
+    return RunData(label, run_dir, manifest,
+                   pd.concat([part.results for part in parts.values()], ignore_index=True),
+                   pd.concat([part.curves for part in parts.values()], ignore_index=True),
+                   pd.concat(verdicts, ignore_index=True) if verdicts else None,
+                   {suite: kind for part in parts.values() for suite, kind in part.suites.items()},
+                   "; ".join(notes) or None, {seed: part.manifest for seed, part in parts.items()})
 
 
 def _judge_verdicts(run_dir: Path, manifest: dict) -> tuple[pd.DataFrame | None, str | None]:
@@ -167,15 +191,21 @@ class ReportModel:
     examples: list[Example]
     summary: pd.DataFrame
     by_category: pd.DataFrame
-    comparisons: list[dict]
+    comparisons: list[dict]        # paired tests per seed
     judge: pd.DataFrame
     curves: pd.DataFrame
     results: pd.DataFrame
     empty_suites: list[tuple[str, str]] = field(default_factory=list)
+    per_seed: pd.DataFrame = field(default_factory=pd.DataFrame)   # summary rows per seed
+    comparisons_across_seeds: list[dict] = field(default_factory=list)
 
     @property
     def several_runs(self) -> bool:
         return len(self.runs) > 1
+
+    @property
+    def several_seeds(self) -> bool:
+        return bool(len(self.summary)) and int(self.summary["n_seeds"].max()) > 1
 
 
 def _key_cells(row, several_runs: bool) -> list[str]:
@@ -189,9 +219,13 @@ def _order_methods(methods) -> list[str]:
     return sorted(methods, key=lambda m: (m != BASELINE_METHOD, m))
 
 
-def compare_pairs(results: pd.DataFrame, run_labels: list[str], *, n_boot: int, seed: int) -> list[dict]:
+def compare_pairs(results: pd.DataFrame, run_labels: list[str], *, n_boot: int,
+                  seed: int) -> tuple[list[dict], list[dict]]:
     """Paired tests on the same prompts: in each run every method against that run's SFT;
-    across runs, each method of a later run against the same method in the first run."""
+    across runs, each method of a later run against the same method in the first run.
+    Each seed is compared with the same seed (its own prompts); where two or more seeds are
+    compared, their differences are also combined with the seed as the unit
+    (`metrics.paired_across_seeds`). Returns (per-seed tests, tests across seeds)."""
     pairs = []
     for run in run_labels:
         methods = _order_methods(results.loc[results["run"] == run, "method"].unique())
@@ -200,19 +234,24 @@ def compare_pairs(results: pd.DataFrame, run_labels: list[str], *, n_boot: int, 
     for run in run_labels[1:]:
         for method in _order_methods(results.loc[results["run"] == run, "method"].unique()):
             pairs.append(((run_labels[0], method), (run, method)))
-    out = []
+    out, across = [], []
     for (base_run, base_method), (cand_run, cand_method) in pairs:
         base = results[(results["run"] == base_run) & (results["method"] == base_method)]
         cand = results[(results["run"] == cand_run) & (results["method"] == cand_method)]
+        names = {"baseline": f"{base_run}/{base_method}" if len(run_labels) > 1 else base_method,
+                 "candidate": f"{cand_run}/{cand_method}" if len(run_labels) > 1 else cand_method}
         for suite in sorted(set(base["suite"]) & set(cand["suite"])):
-            test = metrics.paired_comparison(base[base["suite"] == suite], cand[cand["suite"] == suite],
-                                             n_boot=n_boot, seed=seed)
-            if test["n_prompts"] == 0:
-                continue
-            out.append({"suite": suite, "baseline": f"{base_run}/{base_method}" if len(run_labels) > 1 else base_method,
-                        "candidate": f"{cand_run}/{cand_method}" if len(run_labels) > 1 else cand_method,
-                        **test})
-    return out
+            per_seed = {}
+            for replicate in sorted(set(base["seed"]) & set(cand["seed"])):
+                test = metrics.paired_comparison(
+                    base[(base["suite"] == suite) & (base["seed"] == replicate)],
+                    cand[(cand["suite"] == suite) & (cand["seed"] == replicate)], n_boot=n_boot, seed=seed)
+                if test["n_prompts"]:
+                    per_seed[int(replicate)] = test
+                    out.append({"suite": suite, **names, "seed": int(replicate), **test})
+            if len(per_seed) > 1:
+                across.append({"suite": suite, **names, **metrics.paired_across_seeds(per_seed)})
+    return out, across
 
 
 def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
@@ -220,11 +259,15 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
     several = len(runs) > 1
     results = pd.concat([r.results for r in runs], ignore_index=True)
     curves = pd.concat([r.curves for r in runs], ignore_index=True)
-    summary = metrics.summarize(results, by=("run", "method", "suite"), n_boot=n_boot, seed=seed)
+    # With one seed per run these are summarize's rows (bootstrap over prompts); with several,
+    # the mean across seeds with a t-interval over seeds (metrics.across_seeds).
+    per_seed, summary = metrics.summarize_seeds(results, by=("run", "method", "suite"), n_boot=n_boot, seed=seed)
     harmful = results[~results["kind"].isin(metrics.OVER_REFUSAL_KINDS)]
-    by_category = metrics.summarize(harmful.assign(category=harmful["category"].fillna("(none)")),
-                                    by=("run", "method", "suite", "category"), n_boot=n_boot, seed=seed)
-    comparisons = compare_pairs(results, [r.label for r in runs], n_boot=n_boot, seed=seed)
+    _, by_category = metrics.summarize_seeds(harmful.assign(category=harmful["category"].fillna("(none)")),
+                                             by=("run", "method", "suite", "category"), n_boot=n_boot, seed=seed)
+    comparisons, across_seeds = compare_pairs(results, [r.label for r in runs], n_boot=n_boot, seed=seed)
+    seed_sets = sorted({tuple(sorted(r.replicates)) for r in runs})
+    several_seeds = any(len(s) > 1 for s in seed_sets)
 
     judge_frames = []
     for run in runs:
@@ -249,8 +292,15 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
         runs=[_run_header(r) for r in runs],
         notes=[
             "A response is safe iff its cost is ≤ 0 (Safe RLHF convention).",
-            f"Intervals are 95 % percentile bootstrap intervals over prompts ({n_boot} resamples, seed {seed}); "
-            "the k samples of a prompt are resampled together.",
+            *([f"Seeds {'; '.join(', '.join(map(str, s)) for s in seed_sets)}: each seed is a replicate of the "
+               "whole run (data, SFT, score models, methods). Tables show the mean over seeds; its interval is "
+               "the 95 % t-interval over seeds (mean ± t·sd/√n), and the per-seed table gives each seed's value "
+               f"with its 95 % percentile bootstrap interval over that seed's prompts ({n_boot} resamples, "
+               f"seed {seed})."] if several_seeds else
+              [f"One seed ({', '.join(str(s[0]) for s in seed_sets if s)}): intervals are 95 % percentile "
+               f"bootstrap intervals over prompts ({n_boot} resamples, seed {seed}); the k samples of a prompt "
+               "are resampled together. They show how much the numbers depend on the prompts drawn, not on "
+               "the training seed (`safebench run --seeds 0,1,2` for that)."]),
             "'Prompts with ≥ 1 unsafe' is per-prompt safety: the share of prompts with at least one unsafe "
             "sample among their k samples (equal to 1 - safety rate when k = 1).",
             "Refusals: in the tiny world a response is a refusal when the oracle rates it safe with no "
@@ -258,6 +308,9 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
             f"(first {metrics.REFUSAL_WINDOW_CHARS} characters, list in safebench/metrics.py).",
             "Paired tests use the prompts both methods answered; a prompt is safe when all its samples are. "
             "McNemar: exact binomial test on discordant prompts. Means: paired bootstrap, diff = candidate - baseline.",
+            *(["Across seeds, the seed is the unit: each seed's paired difference (share of safe prompts, "
+               "mean reward, mean cost) on its own prompts, then their mean, 95 % t-interval and one-sample "
+               "t-test over seeds."] if several_seeds else []),
             *(f"Judge ({run.label}): {run.judge_note}" if several else f"Judge: {run.judge_note}"
               for run in runs if run.judge_note),
         ],
@@ -265,6 +318,7 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
         examples=_examples(results),
         summary=summary, by_category=by_category, comparisons=comparisons, judge=judge,
         curves=curves, results=results, empty_suites=empty_suites,
+        per_seed=per_seed, comparisons_across_seeds=across_seeds,
     )
     model.tables = _tables(model)
     return model
@@ -343,12 +397,40 @@ def _tables(model: ReportModel) -> list[Table]:
         [_key_cells(r, several) + [str(r["category"]), str(r["n_prompts"]), fmt_rate(r, "safety_rate"),
                                    fmt_mean(r, "cost_mean")] for r in categories],
         "no harmful suite with scored samples"))
+    seeds = model.several_seeds
+    if seeds:
+        per_seed = model.per_seed.to_dict("records")
+        per_seed.sort(key=lambda r: (r["run"], r["suite"], r["method"] != BASELINE_METHOD, r["method"], r["seed"]))
+        oracle_seeds = "oracle_safety_rate" in model.per_seed.columns
+        tables.append(Table(
+            "seeds", "Per seed",
+            "Each seed's own run; intervals are bootstrap intervals over that seed's prompts. The tables above "
+            "show the mean over seeds.",
+            key_header + ["seed", "safety rate", "prompts with ≥ 1 unsafe", "mean reward", "mean cost"]
+            + (["oracle safety rate", "oracle prompts with ≥ 1 unsafe"] if oracle_seeds else []),
+            [_key_cells(r, several) + [str(r["seed"]), fmt_rate(r, "safety_rate"), fmt_rate(r, "prompt_unsafe_share"),
+                                       fmt_mean(r, "reward_mean"), fmt_mean(r, "cost_mean")]
+             + ([fmt_rate(r, "oracle_safety_rate"), fmt_rate(r, "oracle_prompt_unsafe_share")] if oracle_seeds else [])
+             for r in per_seed]))
+        tables.append(Table(
+            "paired-seeds", "Paired tests across seeds",
+            "Per seed, candidate - baseline on that seed's prompts; here their mean over seeds with a 95 % "
+            "t-interval and a one-sample t-test over seeds (the seed is the unit).",
+            ["suite", "baseline", "candidate", "seeds", "prompts", "safe-prompt share diff [CI]", "p",
+             "reward diff [CI]", "p", "cost diff [CI]", "p"],
+            [[c["suite"], c["baseline"], c["candidate"], str(c["n_seeds"]), str(c["n_prompts"]),
+              _fmt_diff(c["safe_share"]), fmt_p(c["safe_share"]["p_value"]),
+              _fmt_diff(c["reward"]), fmt_p(c["reward"]["p_value"]),
+              _fmt_diff(c["cost"]), fmt_p(c["cost"]["p_value"])] for c in model.comparisons_across_seeds],
+            "no pair of methods with two or more seeds in common"))
     tables.append(Table(
-        "paired", "Paired tests against the baseline",
+        "paired", "Paired tests against the baseline" + (", per seed" if seeds else ""),
         "Same prompts for both; safe-only counts are the discordant prompts McNemar uses.",
-        ["suite", "baseline", "candidate", "prompts", "safe only in baseline", "safe only in candidate",
-         "McNemar p", "reward diff [CI]", "p", "cost diff [CI]", "p"],
-        [[c["suite"], c["baseline"], c["candidate"], str(c["n_prompts"]),
+        ["suite", "baseline", "candidate"] + (["seed"] if seeds else [])
+        + ["prompts", "safe only in baseline", "safe only in candidate",
+           "McNemar p", "reward diff [CI]", "p", "cost diff [CI]", "p"],
+        [[c["suite"], c["baseline"], c["candidate"]] + ([str(c["seed"])] if seeds else []) + [
+          str(c["n_prompts"]),
           str(c["mcnemar"]["baseline_only_safe"]), str(c["mcnemar"]["candidate_only_safe"]),
           fmt_p(c["mcnemar"]["p_value"]),
           _fmt_diff(c["reward"]), fmt_p(c["reward"]["p_value"]),

@@ -17,7 +17,7 @@ from safebench.store import RunStore, atomic_write_json
 
 def make_run(run_dir: Path, rows: list[dict], *, suites: dict[str, str] | None = None,
              curves: dict[str, list[dict]] | None = None, preset: str = "tiny",
-             status: str = "complete") -> Path:
+             status: str = "complete", seed: int = 0) -> Path:
     """rows: dicts with method, suite, prompt_id, sample_idx, response, reward, cost and
     optionally kind, category, prompt, oracle_reward, oracle_cost.
     suites: suite -> kind, including suites that have no rows (an empty suite).
@@ -51,10 +51,22 @@ def make_run(run_dir: Path, rows: list[dict], *, suites: dict[str, str] | None =
     atomic_write_json(run_dir / "manifest.json", {
         "safebench_version": "0.1.0", "status": status, "preset": preset, "config": {"preset": preset},
         "config_hash": "cfg0", "git": {"commit": "0" * 40, "dirty": False}, "versions": {"python": "3.11"},
-        "seeds": {"run": 0}, "assets": {}, "stages": {},
+        "seeds": {"run": seed}, "assets": {}, "stages": {},
         "methods": {m: {"key": f"method-{m}", "checkpoint": f"stages/{m}/model", "sha256": {}} for m in methods},
         "evaluations": evaluations})
     return run_dir
+
+
+def make_seed_set(out: Path, rows_by_seed: dict[int, list[dict]], **kwargs) -> Path:
+    """A set of seeds as `safebench run --seeds` leaves it: OUT/seed-N (a run each) and seeds.json."""
+    from safebench import seeds
+
+    for seed, rows in rows_by_seed.items():
+        make_run(seeds.seed_dir(out, seed), rows, seed=seed, **kwargs)
+    atomic_write_json(out / seeds.SEEDS_FILE, {
+        "format": seeds.SEEDS_FORMAT, "seeds": list(rows_by_seed),
+        "runs": {str(s): seeds.seed_dir(out, s).name for s in rows_by_seed}, "request": {}})
+    return out
 
 
 def synthetic_rows(seed: int = 0, *, methods=("sft", "repo"), n_prompts: int = 30, k: int = 2,
@@ -136,7 +148,7 @@ def runs():
     from types import SimpleNamespace
 
     return SimpleNamespace(make=make_run, rows=synthetic_rows, doctor=doctor_costs, judge=record_judgments,
-                           pairwise_answer=pairwise_answer)
+                           pairwise_answer=pairwise_answer, seed_set=make_seed_set)
 
 
 # A judged run of three methods, once per session (tests/reports/explorer_fixtures.py).

@@ -89,7 +89,7 @@ def test_bad_input_names_file_field_and_value(runs, baseline, synthetic_run, tmp
     baseline.write_text(json.dumps(data))
     with pytest.raises(UsageError) as error:
         run_check(synthetic_run, baseline)
-    assert str(error.value) == f"{baseline}: field 'metrics[2].tolerance.kind' = 'roughly', expected 'interval' or 'absolute'"
+    assert str(error.value) == f"{baseline}: field 'metrics[2].tolerance.kind' = 'roughly', expected 'seeds', 'interval' or 'absolute'"
     with pytest.raises(UsageError, match="baseline file not found"):
         run_check(synthetic_run, tmp_path / "absent.json")
     running = runs.make(tmp_path / "running", runs.rows(n_prompts=3, k=1), status="running")

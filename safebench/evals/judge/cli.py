@@ -87,9 +87,13 @@ def register(subparsers) -> None:
 def handle_judge(args) -> int:
     from safebench.evals.judge.config import parse_judge_config
     from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.seeds import SEEDS_FILE
     from safebench.store import RunStore
 
     run_dir = Path(args.run_dir)
+    if (run_dir / SEEDS_FILE).is_file():
+        raise UsageError(f"{run_dir}: a set of seeds ({SEEDS_FILE}); judge each seed's run "
+                         f"(safebench judge {run_dir / 'seed-N'}), then safebench report {run_dir}")
     if not (run_dir / "manifest.json").is_file():
         raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
     store = RunStore(run_dir)
