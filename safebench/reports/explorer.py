@@ -111,19 +111,30 @@ def _label(run: str, method: str, several: bool) -> str:
     return f"{run}/{method}" if several else method
 
 
+def _seed_label(label: str, seed, several_seeds: bool) -> str:
+    """A column of a set of seeds is one seed's answers: "repo (seed 1)"."""
+    return f"{label} (seed {seed})" if several_seeds else label
+
+
 def build_explorer(model: ReportModel, runs: list[RunData]) -> Explorer:
     several = model.several_runs
     results = model.results
-    columns = []
+    # A column per method of each run, and per seed in a set of seeds (runs.load_run gives
+    # every row its seed); its baseline is SFT of the same run and seed.
+    columns, several_seeds = [], {}
     for run in runs:
-        methods = sorted(set(run.results["method"]), key=lambda m: (m != BASELINE_METHOD, m))
-        columns += [(run.label, m) for m in methods]
+        seeds = sorted(run.results["seed"].unique())
+        several_seeds[run.label] = len(seeds) > 1
+        for seed in seeds:
+            methods = run.results.loc[run.results["seed"] == seed, "method"]
+            columns += [(run.label, seed, m) for m in sorted(set(methods), key=lambda m: (m != BASELINE_METHOD, m))]
     index = {key: i for i, key in enumerate(columns)}
-    column_records = [{"label": _label(run, method, several), "run": run, "method": method,
-                       "baseline": index.get((run, BASELINE_METHOD)) if method != BASELINE_METHOD else None}
-                      for run, method in columns]
+    column_records = [{"label": _seed_label(_label(run, method, several), seed, several_seeds[run]),
+                       "base_label": _label(run, method, several), "run": run, "seed": int(seed), "method": method,
+                       "baseline": index.get((run, seed, BASELINE_METHOD)) if method != BASELINE_METHOD else None}
+                      for run, seed, method in columns]
 
-    frame = results.sort_values(["suite", "prompt_id", "run", "method", "sample_idx"], kind="stable")
+    frame = results.sort_values(["suite", "prompt_id", "run", "seed", "method", "sample_idx"], kind="stable")
     suites = sorted(frame["suite"].unique())
     categories = sorted(frame["category"].dropna().astype(str).unique())
     prompts, prompt_index = [], {}
@@ -132,30 +143,37 @@ def build_explorer(model: ReportModel, runs: list[RunData]) -> Explorer:
         category = categories.index(str(row.category)) if isinstance(row.category, str) else -1
         prompts.append([suites.index(row.suite), category, str(row.prompt_id), str(row.prompt)])
 
-    judge = pd.concat([sample_verdicts(run.verdicts).assign(run=run.label) for run in runs], ignore_index=True)
+    judge = pd.concat([_with_seed(sample_verdicts(run.verdicts), run).assign(run=run.label) for run in runs],
+                      ignore_index=True)
     judge_columns = sorted(c for c in judge.columns if c.startswith("judge_") and c != "judge_unscored")
     judge_by_sample = {}
     if judge_columns:
         for row in judge.to_dict("records"):
-            judge_by_sample[(row["run"], row["method"], row["suite"], row["prompt_id"], int(row["sample_idx"]))] = \
-                [_number(row.get(c)) for c in judge_columns]
+            key = (row["run"], int(row["seed"]), row["method"], row["suite"], row["prompt_id"], int(row["sample_idx"]))
+            judge_by_sample[key] = [_number(row.get(c)) for c in judge_columns]
     refusals, _ = metrics.refusal_flags(frame) if len(frame) else (pd.Series(dtype=bool), None)
     samples = []
     for row, refused in zip(frame.itertuples(index=False), refusals):
-        key = (row.run, row.method, row.suite, row.prompt_id, int(row.sample_idx))
-        samples.append([prompt_index[(row.suite, row.prompt_id)], index[(row.run, row.method)], int(row.sample_idx),
+        key = (row.run, int(row.seed), row.method, row.suite, row.prompt_id, int(row.sample_idx))
+        samples.append([prompt_index[(row.suite, row.prompt_id)], index[(row.run, row.seed, row.method)],
+                        int(row.sample_idx),
                         str(row.response), _number(row.reward), _number(row.cost), _number(row.oracle_reward),
                         _number(row.oracle_cost), int(bool(refused)), judge_by_sample.get(key, 0)])
     data = {"columns": column_records, "suites": suites, "categories": categories, "prompts": prompts,
             "judge_columns": judge_columns, "samples": samples, "several_runs": several,
             "runs": [run.label for run in runs], "page_size": PAGE_SIZE, "safe_cost_max": metrics.SAFE_COST_MAX}
     explorer = Explorer(script_json(data), SCRIPT.read_text(encoding="utf-8"),
-                        _worst_rows(frame, column_records, several), len(prompts), len(samples))
-    explorer.extras = _table_extras(model)
+                        _worst_rows(frame, column_records), len(prompts), len(samples))
+    explorer.extras = _table_extras(model, column_records)
     return explorer
 
 
-def _worst_rows(frame: pd.DataFrame, columns: list[dict], several: bool) -> list[WorstRow]:
+def _with_seed(verdicts: pd.DataFrame, run: RunData) -> pd.DataFrame:
+    """Verdicts of one run carry no seed column; a set of seeds' do (runs.load_run)."""
+    return verdicts if "seed" in verdicts.columns else verdicts.assign(seed=next(iter(run.replicates), 0))
+
+
+def _worst_rows(frame: pd.DataFrame, columns: list[dict]) -> list[WorstRow]:
     """Per method (column) and suite: the WORST_N highest-cost answers, and the prompts whose
     answer turned unsafe (or safe) relative to the same run's SFT, paired by prompt and sample."""
     rows = []
@@ -163,7 +181,8 @@ def _worst_rows(frame: pd.DataFrame, columns: list[dict], several: bool) -> list
     for suite in sorted(scored["suite"].unique()):
         on_suite = scored[scored["suite"] == suite]
         for column in columns:
-            mine = on_suite[(on_suite["run"] == column["run"]) & (on_suite["method"] == column["method"])]
+            replicate = on_suite[(on_suite["run"] == column["run"]) & (on_suite["seed"] == column["seed"])]
+            mine = replicate[replicate["method"] == column["method"]]
             if mine.empty:
                 continue
             label = column["label"]
@@ -173,7 +192,7 @@ def _worst_rows(frame: pd.DataFrame, columns: list[dict], several: bool) -> list
                      for r in top.itertuples(index=False)]
             row = WorstRow(label, suite, worst, explore_href(suite=suite, cols=[label], sort="cost"))
             if column["baseline"] is not None:
-                base = on_suite[(on_suite["run"] == column["run"]) & (on_suite["method"] == BASELINE_METHOD)]
+                base = replicate[replicate["method"] == BASELINE_METHOD]
                 paired = mine.merge(base, on=["prompt_id", "sample_idx"], suffixes=("", "_base"))
                 unsafe = paired["cost"] > metrics.SAFE_COST_MAX
                 base_unsafe = paired["cost_base"] > metrics.SAFE_COST_MAX
@@ -206,23 +225,31 @@ _CELL_FILTERS = {
 _MARKED = {"prompts with ≥ 1 unsafe": "mcnemar", "mean reward": "reward", "mean cost": "cost"}
 
 
-def _table_extras(model: ReportModel) -> dict[tuple[str, int, int], CellExtra]:
+def _table_extras(model: ReportModel, columns: list[dict]) -> dict[tuple[str, int, int], CellExtra]:
     extras: dict[tuple[str, int, int], CellExtra] = {}
-    tests = {(c["suite"], c["candidate"]): [] for c in model.comparisons}
-    for c in model.comparisons:
-        tests[(c["suite"], c["candidate"])].append(c)
+    # With several seeds the tables show the mean over seeds, and the test for it is the one
+    # with the seed as the unit; a per-seed row (a "seed" column) links to that seed's answers.
+    across = model.several_seeds
+    tests: dict[tuple[str, str], list[dict]] = {}
+    for c in model.comparisons_across_seeds if across else model.comparisons:
+        tests.setdefault((c["suite"], c["candidate"]), []).append(c)
+    labels: dict[tuple[str, int | None], list[str]] = {}
+    for column in columns:
+        labels.setdefault((column["base_label"], None), []).append(column["label"])
+        labels[(column["base_label"], column["seed"])] = [column["label"]]
     for table in model.tables:
         header = table.header
         if table.id == "paired":
-            _paired_extras(table, model.comparisons, extras)
+            _paired_extras(table, model.comparisons, labels, extras)
             continue
         if "method" not in header:
             continue
-        where = {name: header.index(name) for name in ("run", "method", "suite", "category") if name in header}
+        where = {name: header.index(name) for name in ("run", "method", "suite", "category", "seed") if name in header}
         for r, row in enumerate(table.rows):
             method = row[where["method"]]
             label = _label(row[where["run"]], method, True) if "run" in where else method
-            base = {"cols": [label]}
+            shown = labels.get((label, int(row[where["seed"]]) if "seed" in where else None), [label])
+            base = {"cols": shown}
             if "suite" in where:
                 base["suite"] = row[where["suite"]]
             if "category" in where and row[where["category"]] != "(none)":
@@ -230,7 +257,7 @@ def _table_extras(model: ReportModel) -> dict[tuple[str, int, int], CellExtra]:
             for col, name in enumerate(header):
                 params = dict(base)
                 for key, value in _CELL_FILTERS.get(name, {}).items():
-                    params[key] = label if value is True else value
+                    params[key] = (shown[0] if len(shown) == 1 else "any") if value is True else value
                 extra = CellExtra(explore_href(**params))
                 if table.id == "safety" and name in _MARKED:  # the tests compare the cost model's numbers
                     _mark(extra, tests.get((row[where["suite"]], label), []), _MARKED[name])
@@ -243,12 +270,15 @@ def _mark(extra: CellExtra, comparisons: list[dict], test: str) -> None:
     higher than the baseline's, ▼ lower, followed by the baseline."""
     marks, titles = [], []
     for c in comparisons:
-        if test == "mcnemar":
+        if test == "mcnemar" and "safe_share" in c:  # across seeds: a t-test over the seeds' differences
+            p, higher = c["safe_share"]["p_value"], (c["safe_share"]["mean_diff"] or 0) < 0
+            what = "t-test over seeds on the share of safe prompts"
+        elif test == "mcnemar":
             p, higher = c["mcnemar"]["p_value"], c["mcnemar"]["baseline_only_safe"] > c["mcnemar"]["candidate_only_safe"]
             what = "McNemar on per-prompt safety"
         else:
             p, higher = c[test]["p_value"], (c[test]["mean_diff"] or 0) > 0
-            what = f"paired bootstrap on mean {test}"
+            what = f"{'t-test over seeds' if 'n_seeds' in c else 'paired bootstrap'} on mean {test}"
         if not _significant(p):
             continue
         marks.append(f"{'▲' if higher else '▼'} {c['baseline']}")
@@ -257,14 +287,16 @@ def _mark(extra: CellExtra, comparisons: list[dict], test: str) -> None:
         extra.mark, extra.title, extra.significant = ", ".join(marks), "; ".join(titles), True
 
 
-def _paired_extras(table, comparisons: list[dict], extras: dict) -> None:
-    """The paired table: its rows are `comparisons` in order; its p-value columns are McNemar's,
-    then the reward's and the cost's, and each one below SIGNIFICANCE gets a star."""
+def _paired_extras(table, comparisons: list[dict], labels: dict, extras: dict) -> None:
+    """The paired table: its rows are `comparisons` in order (one per seed with several seeds);
+    its p-value columns are McNemar's, then the reward's and the cost's, and each one below
+    SIGNIFICANCE gets a star."""
     header = table.header
     p_columns = dict(zip([i for i, name in enumerate(header) if name in ("McNemar p", "p")],
                          ("mcnemar", "reward", "cost")))
     for r, c in enumerate(comparisons):
-        base, cand = c["baseline"], c["candidate"]
+        seed = c.get("seed")
+        (base,), (cand,) = (labels.get((name, seed), [name]) for name in (c["baseline"], c["candidate"]))
         common = {"suite": c["suite"], "cols": [base, cand]}
         for col, name in enumerate(header):
             if name == "safe only in baseline":

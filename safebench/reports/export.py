@@ -16,7 +16,7 @@ from safebench.errors import UsageError
 from safebench.store import atomic_write_bytes
 
 FORMATS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}  # format -> default file suffix
-BASE_COLUMNS = ["run", "method", "suite", "kind", "category", "prompt_id", "prompt", "sample", "response",
+BASE_COLUMNS = ["run", "seed", "method", "suite", "kind", "category", "prompt_id", "prompt", "sample", "response",
                 "reward", "cost", "safe", "oracle_reward", "oracle_cost", "oracle_safe", "refusal", "refusal_rule"]
 
 
@@ -31,12 +31,14 @@ def verdict_column(protocol: str, criterion: str, opponent) -> str:
 
 
 def sample_verdicts(verdicts: pd.DataFrame | None) -> pd.DataFrame:
-    """Per (method, suite, prompt_id, sample_idx): the mean of each judged quantity over its
-    scored verdicts (repeats, both pairwise orders) and judge_unscored, the number of verdicts
-    the judge gave no usable answer for. Empty (no rows) when the run has no verdicts."""
+    """Per (method, suite, prompt_id, sample_idx, and seed for a set of seeds): the mean of each
+    judged quantity over its scored verdicts (repeats, both pairwise orders) and judge_unscored,
+    the number of verdicts the judge gave no usable answer for. Empty (no rows) when the run has
+    no verdicts."""
     keys = ["method", "suite", "prompt_id", "sample_idx"]
     if verdicts is None or verdicts.empty:
         return pd.DataFrame(columns=keys)
+    keys += ["seed"] if "seed" in verdicts.columns else []
     frame = verdicts.assign(column=[verdict_column(p, c, o) for p, c, o in
                                     zip(verdicts["protocol"], verdicts["criterion"], verdicts["opponent"])])
     ok = frame[(frame["status"] == "ok") & frame["value"].notna()]
@@ -48,22 +50,24 @@ def sample_verdicts(verdicts: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def sample_table(run) -> pd.DataFrame:
-    """One row per sample of `run` (a reports.runs.RunData) with the columns of BASE_COLUMNS
-    and then the judge columns of `sample_verdicts`, sorted by method, suite, prompt, sample."""
+    """One row per sample of `run` (a reports.runs.RunData; a set of seeds gives every seed's
+    samples) with the columns of BASE_COLUMNS and then the judge columns of `sample_verdicts`,
+    sorted by seed, method, suite, prompt, sample."""
     results = run.results
     flags, rule = metrics.refusal_flags(results) if len(results) else (pd.Series(dtype=bool), pd.Series(dtype=str))
     table = results.assign(
-        run=run.label, sample=results["sample_idx"].astype(int),
+        run=run.label, seed=results["seed"].astype(int), sample=results["sample_idx"].astype(int),
         safe=_safe(results["cost"]), oracle_safe=_safe(results["oracle_cost"]),
         refusal=flags.astype(bool), refusal_rule=rule)
     verdicts = sample_verdicts(run.verdicts)
     judge_columns = sorted(c for c in verdicts.columns if c.startswith("judge_"))
     if judge_columns:
-        table = table.merge(verdicts.rename(columns={"sample_idx": "sample"}),
-                            on=["method", "suite", "prompt_id", "sample"], how="left")
+        verdicts = verdicts.rename(columns={"sample_idx": "sample"})
+        keys = ["method", "suite", "prompt_id", "sample"] + (["seed"] if "seed" in verdicts.columns else [])
+        table = table.merge(verdicts, on=keys, how="left")
         table["judge_unscored"] = table["judge_unscored"].fillna(0).astype(int)
     table = table[BASE_COLUMNS + judge_columns]
-    return table.sort_values(["method", "suite", "prompt_id", "sample"], ignore_index=True)
+    return table.sort_values(["seed", "method", "suite", "prompt_id", "sample"], ignore_index=True)
 
 
 def _safe(cost: pd.Series) -> pd.Series:

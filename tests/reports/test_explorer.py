@@ -151,3 +151,27 @@ def test_comparison_shows_the_same_prompt_across_runs(runs, tmp_path):
                if re.sub(r"<[^>]+>", "", r).startswith("run-2repotiny-harmful"))
     unsafe_share_cell = re.findall(r"<td[^>]*>(.*?)</td>", row)[6]
     assert "▲ run/repo" in unsafe_share_cell
+
+
+def test_a_set_of_seeds_shows_each_seed_beside_its_own_sft(runs, tmp_path):
+    out = runs.seed_set(tmp_path / "set", {s: runs.rows(seed=s, n_prompts=8, k=1) for s in (0, 1)})
+    html = write_reports([out], n_boot=100)["html"].read_text(encoding="utf-8")
+    data = json.loads(blob(html))
+    labels = [c["label"] for c in data["columns"]]
+    assert labels == ["sft (seed 0)", "repo (seed 0)", "sft (seed 1)", "repo (seed 1)"]
+    assert [c["baseline"] for c in data["columns"]] == [None, 0, None, 2]
+    for seed in (0, 1):
+        with sqlite3.connect(out / f"seed-{seed}" / "results.sqlite") as db:
+            expected = sorted((p, i, c) for p, i, c in db.execute(
+                "SELECT s.prompt_id, s.sample_idx, c.cost FROM samples s JOIN scores c USING (gen_key, prompt_id, "
+                "sample_idx) WHERE s.method = 'repo'"))
+        column = labels.index(f"repo (seed {seed})")
+        shown = sorted((data["prompts"][p][2], i, cost) for p, c, i, _, _, cost, *_ in data["samples"] if c == column)
+        assert [(p, i) for p, i, _ in shown] == [(p, i) for p, i, _ in expected]
+        assert [c for *_, c in shown] == pytest.approx([c for *_, c in expected], abs=1e-4)
+    safety = html[html.index('id="table-safety"'):]
+    repo = next(r for r in re.findall(r"<tr>(.*?)</tr>", safety[:safety.index("</table>")], re.S)
+                if re.sub(r"<[^>]+>", "", r).startswith("repotiny-harmful"))
+    hrefs = [html_lib.unescape(h) for h in re.findall(r'href="([^"]*)"', repo)]
+    assert fragment(hrefs[4]) == {"cols": ["repo (seed 0)", "repo (seed 1)"], "suite": ["tiny-harmful"],
+                                  "unsafe": ["any"]}

@@ -81,3 +81,17 @@ def test_bad_arguments_are_one_line_and_exit_2(judged_run, argv, message, tmp_pa
 def test_missing_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "nope"), "--format", "csv"]) == 2
     assert capsys.readouterr().err.strip() == f"safebench: error: {tmp_path / 'nope'}: no such run directory"
+
+
+def test_a_set_of_seeds_exports_every_seed_with_its_own_verdicts(runs, tmp_path):
+    out = runs.seed_set(tmp_path / "set", {s: runs.rows(seed=s, n_prompts=4, k=1) for s in (0, 1)})
+    for seed in (0, 1):  # seed 0's judge calls h000 harmful, seed 1's does not
+        runs.judge(out / f"seed-{seed}", [{"method": "repo", "suite": "tiny-harmful", "prompt_id": "h000",
+                                           "protocol": "harmful_verdict", "criterion": "harm",
+                                           "value": "harmful" if seed == 0 else "not harmful"}])
+    assert cli.main(["export", str(out), "--format", "csv"]) == 0
+    table = pd.read_csv(out / "samples.csv")
+    assert table.groupby("seed").size().to_dict() == {0: 16, 1: 16}  # 2 methods x (4 harmful + 4 benign)
+    judged = table[table["judge_harm"].notna()]
+    assert judged[["seed", "method", "prompt_id", "judge_harm"]].values.tolist() == [
+        [0, "repo", "h000", 1.0], [1, "repo", "h000", 0.0]]
