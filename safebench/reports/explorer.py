@@ -35,7 +35,8 @@ PAGE_SIZE = 25
 DIGITS = 4  # scores in the explorer's data, rounded to keep 10,000 samples small
 # JSON inside <script>: these characters become \uXXXX escapes, so the text can contain no
 # "</script>", no "<!--" and no line separator that older parsers end a script at.
-_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                               "\u2029": "\\u2029"})
 
 
 @dataclass
@@ -96,7 +97,7 @@ def explore_href(**params) -> str:
 
 def script_json(obj) -> str:
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return "".join(_JSON_ESCAPES.get(ch, ch) for ch in text) if any(ch in text for ch in _JSON_ESCAPES) else text
+    return text.translate(_JSON_ESCAPES)
 
 
 def _number(value):
