@@ -25,10 +25,10 @@ original code stands on):
        w⁺ = 1, w⁻ = n_desirable / n_undesirable
 
 Data: the same PKU-SafeRLHF-shaped records as the score models, tokenised by
-`modeling.encode_pair` exactly as SFT saw them (prompt template, a space before the
-response, one eos after it, no BOS added); TRL's own text tokenisation is bypassed because it
-adds the tokenizer's special tokens (a second BOS for Llama tokenizers) and has no prompt
-length limit.
+`modeling.encode_pair` exactly as SFT saw them (the tokenizer's BOS once, prompt template, a
+space before the response, one eos after it); TRL's own text tokenisation is bypassed because
+it adds the tokenizer's special tokens on top of a chat template's (a second BOS for Llama
+tokenizers) and has no prompt length limit.
 
 Output: ctx.out_dir holds the final (last step's) model; ctx.out_dir/steps/{helpfulness,
 safety}/ hold each step's model (of the steps that ran) for P-SACPO to merge. Each finished step is kept in

@@ -1,4 +1,5 @@
-"""Reward and cost models: a backbone with a linear head, scored at the last non-pad token.
+"""Reward and cost models: a backbone with a linear head, scored at the last attended token
+(modeling.end_scores: the position RL reads too).
 
 Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
   reward: -log σ(R(y_better) - R(y_worse)) + reg·mean(R²)
@@ -6,7 +7,8 @@ Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
           + reg·mean(C²),   s = +1 if the response is labelled unsafe, -1 if safe
 The sign terms anchor 0 as the line between safe (C <= 0) and unsafe (C > 0).
 Defaults: initialised from the SFT model, 2 epochs, batch 16, lr 2e-5, cosine, warmup 0.03,
-weight decay 0.1, max length 512.
+weight decay 0.1, max length 512. bf16 runs as mixed precision (fp32 master weights); the
+checkpoint, and the held-out figures, are in the config's dtype.
 """
 
 from __future__ import annotations
@@ -60,11 +62,6 @@ def cost_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_sign: torch.Tens
         - F.logsigmoid(unsafer_sign * unsafer).mean()
         + regularization * scores.pow(2).mean()
     )
-
-
-def end_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The head's output at each sequence's last non-pad token (HF picks it from pad_token_id)."""
-    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
 
 
 def pairs_for(kind: str, records: list[dict]) -> list[dict]:
@@ -141,7 +138,7 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
         ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
                                        tokenizer.pad_token_id, side="right")
         with torch.no_grad():
-            scores = end_scores(model, ids, mask)
+            scores = modeling.end_scores(model, ids, mask)
         for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
     return totals
@@ -169,7 +166,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     import torch
 
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
-    model = modeling.load_score_model(ctx.policy_dir, ctx.dtype)
+    model = modeling.load_score_model(ctx.policy_dir, "float32")  # master weights; computes in ctx.dtype
     torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference
     model.config.pad_token_id = tokenizer.pad_token_id
     if recipe.train_layers is not None:
@@ -179,7 +176,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     def loss_fn(m, chunk):
         ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
                                        tokenizer.pad_token_id, side="right")
-        scores = end_scores(m, ids, mask)
+        scores = modeling.end_scores(m, ids, mask)
         high, low = scores[: len(chunk)], scores[len(chunk):]
         if recipe.kind == "reward":
             loss = reward_loss(high, low, recipe.regularization)
@@ -190,6 +187,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
         return loss, {"loss": loss.item(), **pair_metrics(recipe.kind, high, low, chunk)}
 
     steps = train_supervised(ctx, recipe, model, items, loss_fn)
+    model.to(modeling.torch_dtype(ctx.dtype))  # the weights the checkpoint will hold
     if ctx.data.heldout:
         # Logged at the last training step, so the curves show where training left the model.
         ctx.log(steps, **heldout_metrics(model, tokenizer, recipe, ctx.data.heldout, ctx.template))

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from safebench import modeling
 from safebench.trainers import ppo, ppo_lag
 from safebench.trainers.rollout import build_rollout_batch
 from tests.trainers import ppo_fixtures
@@ -78,7 +79,7 @@ def test_rollout_layout_and_end_scores():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
     assert ppo.position_ids(batch.attention_mask).tolist() == [[0, 1, 2, 3, 4, 4], [0, 0, 0, 1, 2, 3]]
     scores = torch.arange(12, dtype=torch.float).view(2, 6)
-    assert ppo.end_values(scores, batch.attention_mask).tolist() == [4.0, 11.0]
+    assert modeling.last_attended(scores, batch.attention_mask).tolist() == [4.0, 11.0]
 
 
 # --- real runs on tiny untrained models -----------------------------------------------------------
@@ -89,8 +90,6 @@ def checkpoints(tmp_path_factory):
 
 
 def _trainable(path):
-    from safebench import modeling
-
     return modeling.load_policy(path).state_dict()
 
 
@@ -138,11 +137,9 @@ def test_lora_uses_the_base_as_reference_and_scorers(checkpoints, tmp_path):
     batch = trainer.rollout(prompts, seed=1)
     rewards, costs = trainer.score(batch, prompts)
     # the scorer is the critic with adapters off: equal to the plain reward model's end score
-    from safebench import modeling
-
     reward_model = ppo.TokenScores(modeling.load_score_model(checkpoints["reward"]))
-    expected = ppo.end_values(reward_model(batch.sequences, batch.attention_mask, ppo.position_ids(batch.attention_mask)),
-                              batch.attention_mask)
+    expected = modeling.last_attended(
+        reward_model(batch.sequences, batch.attention_mask, ppo.position_ids(batch.attention_mask)), batch.attention_mask)
     torch.testing.assert_close(rewards, expected, rtol=1e-4, atol=1e-4)
     exp = trainer.make_experience(batch, rewards, costs)
     # LoRA's B matrices start at zero: the actor equals the reference before any update
