@@ -109,6 +109,15 @@ def encode_pairs(tokenizer, pairs: list[dict], template: str, max_length: int) -
     return items
 
 
+def pair_scores(model, tokenizer, chunk: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """End scores of each pair's high and low response (pairs as `encode_pairs` makes them): what
+    the losses train and the held-out metrics judge."""
+    ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
+                                   tokenizer.pad_token_id, side="right")
+    scores = modeling.end_scores(model, ids, mask)
+    return scores[: len(chunk)], scores[len(chunk):]
+
+
 def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[dict], sides: bool = False) -> dict:
     """accuracy: share of pairs ordered as labelled; cost models add sign_accuracy, the share of
     responses on the labelled side of 0 (safe <= 0 < unsafe), and with `sides` the same for the
@@ -135,11 +144,9 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
     totals: dict[str, float] = {}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
-                                       tokenizer.pad_token_id, side="right")
         with torch.no_grad():
-            scores = modeling.end_scores(model, ids, mask)
-        for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk, sides=True).items():
+            high, low = pair_scores(model, tokenizer, chunk)
+        for key, value in pair_metrics(kind, high, low, chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
     return totals
 
@@ -174,10 +181,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     items = encode_pairs(tokenizer, pairs_for(recipe.kind, ctx.data.preference), ctx.template, recipe.max_length)
 
     def loss_fn(m, chunk):
-        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
-                                       tokenizer.pad_token_id, side="right")
-        scores = modeling.end_scores(m, ids, mask)
-        high, low = scores[: len(chunk)], scores[len(chunk):]
+        high, low = pair_scores(m, tokenizer, chunk)
         if recipe.kind == "reward":
             loss = reward_loss(high, low, recipe.regularization)
         else:
