@@ -78,8 +78,9 @@ def test_a_bos_tokenizer_gets_its_bos_once_in_generation_and_scoring(tmp_path, m
 
     tokenizer = bos_tokenizer()
     paths = save_models(tmp_path, tokenizer)
-    bos = modeling.load_tokenizer(paths["policy"]).bos_token_id
-    assert modeling.leading_bos(modeling.load_tokenizer(paths["policy"])) == bos  # survives save and load
+    loaded = modeling.load_tokenizer(paths["policy"])
+    bos = loaded.bos_token_id
+    assert loaded("", add_special_tokens=True)["input_ids"] == [bos]  # adds BOS after saving and loading too
 
     # evaluation generation (the HF backend): the ids handed to generate
     backend = HFBackend(str(paths["policy"]), GenerationConfig(max_new_tokens=4), "plain")
