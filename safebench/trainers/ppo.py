@@ -372,10 +372,6 @@ class PPOTrainer:
             "reward_advantages": reward_advantages, "reward_returns": reward_returns,
             "cost_advantages": cost_advantages, "cost_returns": cost_returns,
             "kl": ((old_log_probs - ref_log_probs) * mask).sum(-1),
-            "explained_variance": {
-                "reward_explained_variance": explained_variance(reward_values, reward_returns, mask),
-                "cost_explained_variance": explained_variance(cost_values, cost_returns, mask),
-            },
         }
 
     def update(self, exp: dict, ptx_examples: list | None = None) -> dict[str, float]:
@@ -481,7 +477,9 @@ class PPOTrainer:
         shared = self.accelerator.reduce(local, reduction="mean").tolist()
         names = ["reward", "cost", "unsafe_share", "kl", "response_length", "reward_value", "cost_value"]
         self.last_tokens = int(exp["mask"].sum().item()), int(batch.attention_mask.sum().item())
-        explained = {k: v for k, v in exp["explained_variance"].items() if v is not None}
+        explained = {f"{role}_explained_variance": explained_variance(exp[f"{role}_values"], exp[f"{role}_returns"],
+                                                                     exp["mask"]) for role in ("reward", "cost")}
+        explained = {k: v for k, v in explained.items() if v is not None}
         return {**dict(zip(names, shared)), **losses, **explained, **self.method.metrics(), **self.timings}
 
     # --- resumable state ------------------------------------------------------------------------
