@@ -20,7 +20,9 @@ Means over tokens are taken per sequence, then over the batch (Safe RLHF's `mask
 
 Logged per iteration besides the losses (TRL's PPO statistics; Safe RLHF logs only `kl`):
   kl                         Σ_t log π_old − log π_ref per response, the KL to the reference
-  approx_kl, clip_fraction   how far the update moved the actor from the sampling policy
+  approx_kl, clip_fraction   how far the update moved the actor from the sampling policy; 0 by
+                             construction with one optimizer step per rollout batch and
+                             update_iters 1 (the published setting: every loss sees ratio 1)
   entropy                    of the actor's next-token distribution over response tokens
   {reward,cost}_explained_variance   1 − Var[G − V]/Var[G] of each critic at rollout time
 """
