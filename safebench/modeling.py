@@ -1,11 +1,17 @@
-"""Loading and saving policies and score models; the prompt templates.
+"""Loading and saving policies and score models; the prompt templates; tokenisation; end scores.
 
 Checkpoints are ordinary safetensors directories: `AutoModelForCausalLM.from_pretrained`
 loads a policy, `AutoModelForSequenceClassification` (num_labels=1) a reward or cost model.
+
+Precision (Safe RLHF trains with DeepSpeed bf16, SACPO with TRL `bf16=True`: both keep fp32
+master weights and compute in bf16): a model being trained holds float32 parameters and runs
+its forward passes under `autocast(dtype)`; frozen models (reference, scorers) are loaded in
+the config's dtype; checkpoints are saved in the config's dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,25 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+def autocast(dtype: str, device_type: str = "cpu"):
+    """The forward passes of a float32-weighted model in `dtype`: bf16 autocast, or nothing for float32."""
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast(device_type=device_type, dtype=torch_dtype(dtype))
+
+
+def trainable_in_float32(model):
+    """Trainable parameters as float32 master weights (LoRA adapters on a bf16 base, a copied head)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
 def format_prompt(tokenizer, prompt: str, template: str) -> str:
     """The text a model sees before its answer: Safe RLHF's plain template or the model's chat template."""
     if template == "plain":
@@ -37,13 +62,38 @@ def format_prompt(tokenizer, prompt: str, template: str) -> str:
     raise UsageError(f"template {template!r}: expected 'plain' or 'chat'")
 
 
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts first when it adds its special tokens, else None.
+
+    Safe RLHF tokenises with the tokenizer's special tokens (`add_special_tokens=True` in
+    safe_rlhf/datasets/base.py `TokenizedDataset.tokenize`): a Llama tokenizer (Alpaca-7B,
+    the beaver score models) starts every text with BOS; GPT-2-style tokenizers and the tiny
+    world's add nothing. Only the leading BOS is taken: the eos after a response is appended
+    explicitly (`encode_pair`).
+    """
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    return bos if tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos] else None
+
+
+def encode_prompt(tokenizer, prompt_text: str) -> list[int]:
+    """Token ids of a formatted prompt, starting with the tokenizer's BOS once (a chat template
+    that writes the BOS into the text already has it)."""
+    ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    bos = leading_bos(tokenizer)
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos] + ids
+    return ids
+
+
 def encode_pair(tokenizer, prompt_text: str, response: str | None, max_length: int) -> tuple[list[int], int]:
     """Token ids of prompt (+ response + eos) and the number of prompt tokens.
 
     Prompt and response are tokenised separately, as at generation time, so the response
     tokens a model is trained on are the ones it would produce after that prompt.
     """
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
     if response is None:
         return prompt_ids[-max_length:], min(len(prompt_ids), max_length)
     response_ids = tokenizer(" " + response, add_special_tokens=False)["input_ids"]
@@ -67,6 +117,31 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> t
             ids[row, width - len(seq):] = torch.tensor(seq)
             mask[row, width - len(seq):] = 1
     return ids, mask
+
+
+def token_scores(model, input_ids, attention_mask, position_ids=None):
+    """A sequence-classification model's head on every position's hidden state [B, L] (float32)."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    return model.score(hidden).squeeze(-1).float()
+
+
+def last_attended(values, attention_mask):
+    """Each row's value at its last attended position (left or right padding)."""
+    width = attention_mask.shape[1]
+    last = width - 1 - attention_mask.long().flip(-1).argmax(-1)
+    return values.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+
+
+def end_scores(model, input_ids, attention_mask, position_ids=None):
+    """A reward or cost model's score of each sequence: the head at the last attended token.
+
+    As Safe RLHF's score models read it (safe_rlhf/models/score_model/__init__.py: `end_index`
+    from the attention mask), and as RL reads it. Not transformers' own pooling, which takes the
+    last token that is not `pad_token_id`: with pad == eos (SmolLM2, any tokenizer padded with
+    eos) that skips the eos ending every response.
+    """
+    return last_attended(token_scores(model, input_ids, attention_mask, position_ids), attention_mask)
 
 
 def check_model_dir(path: str | Path, what: str = "model") -> Path:
@@ -106,7 +181,10 @@ def load_score_model(path: str | Path, dtype: str = "float32"):
     return model
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path) -> None:
+def save_checkpoint(model, tokenizer, out_dir: Path, dtype: str | None = None) -> None:
+    """Write model and tokenizer; `dtype` casts the weights first (float32 masters saved as bf16)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(torch_dtype(dtype))
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

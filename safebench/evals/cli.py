@@ -184,8 +184,8 @@ def check_prompts_fit(model: str, model_config: dict, items: list[dict], templat
     if not limit:
         return
     tokenizer = modeling.load_tokenizer(model)
-    lengths = [len(tokenizer(modeling.format_prompt(tokenizer, item["prompt"], template),
-                             add_special_tokens=False)["input_ids"]) for item in items]
+    lengths = [len(modeling.encode_prompt(tokenizer, modeling.format_prompt(tokenizer, item["prompt"], template)))
+               for item in items]
     longest = max(range(len(items)), key=lambda i: lengths[i])
     common.check_fits_context(lengths[longest], max_new_tokens, limit,
                               where=f"{model}: prompt '{items[longest]['id']}'")

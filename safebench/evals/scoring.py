@@ -1,4 +1,5 @@
-"""Reward and cost end scores for (prompt, response) pairs.
+"""Reward and cost end scores for (prompt, response) pairs, read where training and RL read
+them (modeling.end_scores: the last attended token).
 
 The text is always re-tokenised with the score model's own tokenizer and template, so a
 score model whose tokenizer differs from the policy's scores what the policy wrote.
@@ -29,6 +30,5 @@ class Scorer:
                 for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])
             ]
             ids, mask = modeling.pad_batch(encoded, self.tokenizer.pad_token_id, side="right")
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
-            scores += logits.float().tolist()
+            scores += modeling.end_scores(self.model, ids, mask).tolist()
         return scores

@@ -21,6 +21,13 @@ CURVE_GROUPS = (
     ("lambda", ("lambda", "lagrange", "multiplier", "λ")),
     ("KL", ("kl",)),
 )
+# The PPO core's update diagnostics (safebench/trainers/ppo.py), each group a panel of its own;
+# matched by exact name, and kept out of the panels above ("approx_kl" is no KL to the reference).
+DIAGNOSTIC_GROUPS = (
+    ("PPO update", ("approx_kl", "clip_fraction")),
+    ("entropy", ("entropy",)),
+    ("explained variance", ("reward_explained_variance", "cost_explained_variance")),
+)
 MAX_SCATTER_POINTS = 4000
 
 
@@ -155,17 +162,25 @@ def sweep_frontier(summary: pd.DataFrame, several_runs: bool) -> ReportFigure | 
                         _png(fig))
 
 
+def curve_panels(names: list[str]) -> list[tuple[str, list[str]]]:
+    """(title, curve names) of each panel of the training-curves figure."""
+    diagnostics = {n for _, group in DIAGNOSTIC_GROUPS for n in group}
+    panels = []
+    for title, needles in CURVE_GROUPS:
+        chosen = [n for n in names if n not in diagnostics and any(needle in n.lower() for needle in needles)]
+        if chosen:
+            panels.append((title, chosen))
+    for title, group in DIAGNOSTIC_GROUPS:
+        chosen = [n for n in names if n in group]
+        if chosen:
+            panels.append((title, chosen))
+    return panels or [(n, [n]) for n in names[:4]]  # unknown names: the first few as they are
+
+
 def training_curves(curves: pd.DataFrame, several_runs: bool) -> ReportFigure | None:
     if curves.empty:
         return None
-    names = sorted(curves["name"].astype(str).unique())
-    panels = []
-    for title, needles in CURVE_GROUPS:
-        chosen = [n for n in names if any(needle in n.lower() for needle in needles)]
-        if chosen:
-            panels.append((title, chosen))
-    if not panels:  # unknown names: show the first few as they are
-        panels = [(n, [n]) for n in names[:4]]
+    panels = curve_panels(sorted(curves["name"].astype(str).unique()))
     fig = Figure(figsize=(6.4, 2.6 * len(panels)))
     for i, (title, chosen) in enumerate(panels, start=1):
         ax = fig.add_subplot(len(panels), 1, i)
@@ -179,7 +194,8 @@ def training_curves(curves: pd.DataFrame, several_runs: bool) -> ReportFigure | 
         ax.legend(fontsize=6, loc="best")
     fig.axes[-1].set_xlabel("step")
     return ReportFigure("training-curves", "Training curves", "Reward, cost, multiplier and KL as logged by "
-                        "the trainers.", _png(fig))
+                        "the trainers; for PPO also the update diagnostics (approx. KL to the sampling "
+                        "policy, clip fraction, entropy, critics' explained variance).", _png(fig))
 
 
 def all_figures(model) -> list[ReportFigure]:

@@ -59,9 +59,15 @@ def train_supervised(
     loss_fn: Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict]],
 ) -> int:
     """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics).
-    Returns the number of optimizer steps."""
+    Returns the number of optimizer steps.
+
+    `model` holds float32 weights (the optimizer's master copy); `loss_fn` runs under autocast
+    to `ctx.dtype`, so a bf16 run computes in bf16 while small updates still land in the weights
+    (modeling.py: precision)."""
     import torch
     from transformers import get_scheduler
+
+    from safebench import modeling
 
     torch.manual_seed(ctx.seed + recipe.seed_offset)
     batches = batch_order(len(items), recipe.batch_size, recipe.epochs, ctx.seed + recipe.seed_offset)
@@ -77,6 +83,7 @@ def train_supervised(
         recipe.scheduler, optimizer, num_warmup_steps=math.ceil(recipe.warmup_ratio * len(batches)),
         num_training_steps=len(batches),
     )
+    device_type = next(model.parameters()).device.type
     state_dir = ctx.work_dir / "state"
     start = _restore(state_dir, model, optimizer, scheduler)
     model.train()
@@ -88,7 +95,8 @@ def train_supervised(
         micro = [batch[i:i + recipe.micro_batch_size] for i in range(0, len(batch), recipe.micro_batch_size)]
         totals: dict[str, float] = {}
         for chunk in micro:
-            loss, metrics = loss_fn(model, chunk)
+            with modeling.autocast(ctx.dtype, device_type):
+                loss, metrics = loss_fn(model, chunk)
             (loss * len(chunk) / len(batch)).backward()
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value) * len(chunk) / len(batch)

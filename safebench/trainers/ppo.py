@@ -17,6 +17,14 @@ multiplier and, where the method's objective rectifies the cost (RePO), the end 
 stream learns. Everything else lives here, so the two differ only in the method.
 
 Means over tokens are taken per sequence, then over the batch (Safe RLHF's `masked_mean`).
+
+Logged per iteration besides the losses (TRL's PPO statistics; Safe RLHF logs only `kl`):
+  kl                         Σ_t log π_old − log π_ref per response, the KL to the reference
+  approx_kl, clip_fraction   how far the update moved the actor from the sampling policy; 0 by
+                             construction with one optimizer step per rollout batch and
+                             update_iters 1 (the published setting: every loss sees ratio 1)
+  entropy                    of the actor's next-token distribution over response tokens
+  {reward,cost}_explained_variance   1 − Var[G − V]/Var[G] of each critic at rollout time
 """
 
 from __future__ import annotations
@@ -104,6 +112,34 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution at each position, H = logsumexp(z) − Σ softmax(z)·z."""
+    logits = logits.float()
+    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+
+
+def update_diagnostics(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                       mask: torch.Tensor, clip_range: float) -> dict[str, torch.Tensor]:
+    """How far an update has moved the actor from the policy that sampled, as TRL's PPO trainer
+    logs it: approx_kl = ½·mean (log π_θ − log π_old)²; clip_fraction = share of tokens where the
+    clipped term of the surrogate is the larger loss (its gradient is cut)."""
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    clipped = (-advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)) > (-advantages * ratio)
+    return {"approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),
+            "clip_fraction": masked_mean(clipped.to(log_ratio.dtype), mask)}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """1 − Var[G − V] / Var[G] over all response tokens: 1 for a critic that predicts the returns,
+    0 for one no better than their mean, below 0 for worse; None where the returns do not vary."""
+    keep = mask.bool()
+    variance = returns[keep].float().var(unbiased=False)
+    if keep.sum() == 0 or variance == 0:
+        return None
+    return (1.0 - (returns - values)[keep].float().var(unbiased=False) / variance).item()
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation used them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -121,7 +157,8 @@ class TokenScores(torch.nn.Module):
     """A sequence-classification model read at every token: the score head on each hidden state.
 
     A critic is this over a copy of the reward (cost) model: its value at token t estimates
-    the return from t on. The end score is the value at the last attended token.
+    the return from t on. The end score is the value at the last attended token, where the
+    score models were trained to score (modeling.end_scores).
     """
 
     def __init__(self, score_model):
@@ -132,17 +169,7 @@ class TokenScores(torch.nn.Module):
             raise UsageError(f"{type(inner).__name__}: a score model needs a `score` head (AutoModelForSequenceClassification)")
 
     def forward(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
-        inner = _transformers_model(self.score_model)
-        backbone = getattr(inner, inner.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-        return inner.score(hidden).squeeze(-1).float()
-
-
-def end_values(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Each row's value at its last attended token (left or right padding)."""
-    width = attention_mask.shape[1]
-    last = width - 1 - attention_mask.long().flip(-1).argmax(-1)
-    return scores.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+        return modeling.token_scores(_transformers_model(self.score_model), input_ids, attention_mask, position_ids)
 
 
 def _lora(model, recipe: PPORecipe, task: str):
@@ -176,18 +203,23 @@ class PPOTrainer:
         self.recipe, self.method, self.template, self.seed = recipe, method, template, seed
         mixed = recipe.mixed_precision
         if mixed == "auto":
-            mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+            gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            mixed = "bf16" if dtype == "bfloat16" or gpu_bf16 else "no"
         AcceleratorState._reset_state()  # one process may train several methods with different settings
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         device = self.accelerator.device
         torch.manual_seed(seed + recipe.seed_offset)
 
         self.tokenizer = modeling.load_tokenizer(policy_dir)
+        self.dtype = dtype
         lora = recipe.lora_rank > 0
-        actor = modeling.load_policy(policy_dir, dtype)
+        # Trained weights are float32 masters computed under autocast (DeepSpeed bf16, as Safe RLHF
+        # trains); with LoRA only the adapters train, so the frozen base stays in `dtype`.
+        trained_dtype = dtype if lora else "float32"
+        actor = modeling.load_policy(policy_dir, trained_dtype)
         actor.config.pad_token_id = self.tokenizer.pad_token_id
         if lora:
-            actor = _lora(actor, recipe, "CAUSAL_LM")
+            actor = modeling.trainable_in_float32(_lora(actor, recipe, "CAUSAL_LM"))
             self.reference = None  # the base with adapters disabled
         else:
             self.reference = _freeze(modeling.load_policy(policy_dir, dtype)).to(device)
@@ -202,7 +234,8 @@ class PPOTrainer:
             if recipe.critic_init == "score-models" and not same:
                 raise UsageError(f"critic_init 'score-models': the {role} model at '{path}' has another tokenizer "
                                  "than the policy, so it cannot read the policy's tokens; set critic_init: policy")
-            critic = modeling.load_score_model(path if recipe.critic_init == "score-models" else policy_dir, dtype)
+            critic = modeling.load_score_model(path if recipe.critic_init == "score-models" else policy_dir,
+                                               trained_dtype)
             if recipe.critic_init == "policy":
                 torch.nn.init.zeros_(critic.score.weight)
             critic.config.pad_token_id = self.tokenizer.pad_token_id
@@ -213,7 +246,7 @@ class PPOTrainer:
                 if lora:
                     critic = _lora(critic, recipe, "SEQ_CLS")
                 self.scorers[role] = TokenScores(_freeze(modeling.load_score_model(path, dtype))).to(device)
-            critics[role] = TokenScores(critic)
+            critics[role] = TokenScores(modeling.trainable_in_float32(critic))
         self.same_scorer_tokens = {role: _same_tokenizer(t, self.tokenizer) for role, t in self.scorer_tokenizers.items()}
 
         actor_steps = total_iterations * recipe.update_iters * self.optimizer_steps_per_update()
@@ -261,7 +294,8 @@ class PPOTrainer:
     # --- one iteration, phase by phase (benchmarks/rl_step.py times each) --------------------------
     def rollout(self, prompts: list[str], seed: int) -> RolloutBatch:
         texts = [modeling.format_prompt(self.tokenizer, p, self.template) for p in prompts]
-        batch = self.rollout_engine.generate(texts, seed)
+        with self.accelerator.autocast():  # the float32 actor samples in the compute dtype
+            batch = self.rollout_engine.generate(texts, seed)
         device = self.accelerator.device
         return RolloutBatch(batch.sequences.to(device), batch.attention_mask.to(device), batch.prompt_width)
 
@@ -275,7 +309,7 @@ class PPOTrainer:
                     ids, mask = batch.sequences, batch.attention_mask
                 else:
                     ids, mask = self._retokenise(batch, prompts, self.scorer_tokenizers[role])
-                out.append(end_values(scorer(ids, mask, position_ids(mask)), mask))
+                out.append(modeling.last_attended(scorer(ids, mask, position_ids(mask)), mask))
         return out[0], out[1]
 
     @contextlib.contextmanager
@@ -297,12 +331,17 @@ class PPOTrainer:
         ids, mask = modeling.pad_batch(encoded, score_tokenizer.pad_token_id, side="right")
         return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
 
-    def actor_log_probs(self, model, batch: RolloutBatch) -> torch.Tensor:
-        """log π(y_t | x, y_<t) for every response position [B, N]."""
+    def actor_log_probs(self, model, batch: RolloutBatch, entropy: bool = False):
+        """log π(y_t | x, y_<t) for every response position [B, N]; with `entropy`, also the
+        entropy of π(· | x, y_<t) there (detached)."""
         n = batch.sequences.shape[1] - batch.prompt_width
         logits = model(input_ids=batch.sequences, attention_mask=batch.attention_mask,
                        position_ids=position_ids(batch.attention_mask), logits_to_keep=n + 1).logits[:, :-1]
-        return token_log_probs(logits, batch.sequences[:, batch.prompt_width:])
+        log_probs = token_log_probs(logits, batch.sequences[:, batch.prompt_width:])
+        if entropy:
+            with torch.no_grad():
+                return log_probs, token_entropy(logits)
+        return log_probs
 
     @staticmethod
     def response_values(critic, batch: RolloutBatch) -> torch.Tensor:
@@ -342,6 +381,7 @@ class PPOTrainer:
         recipe, accelerator = self.recipe, self.accelerator
         rows = exp["mask"].shape[0]
         totals: dict[str, float] = {"actor_loss": 0.0, "reward_critic_loss": 0.0, "cost_critic_loss": 0.0}
+        diagnostics: dict[str, float] = {}
         models = (self.actor, self.reward_critic, self.cost_critic)
         optimizers = (self.actor_optimizer, self.reward_critic_optimizer, self.cost_critic_optimizer)
         for _ in range(recipe.update_iters):
@@ -355,11 +395,14 @@ class PPOTrainer:
                         if not last:
                             for model in models:
                                 stack.enter_context(accelerator.no_sync(model))
-                        losses = self._micro_losses(exp, rows_slice)
+                        losses, micro_diagnostics = self._micro_losses(exp, rows_slice)
                         scale = 1.0 / len(group)
                         accelerator.backward(sum(losses.values()) * scale)
+                    share = 1.0 / (len(group) * len(groups) * recipe.update_iters)
                     for key, value in losses.items():
-                        totals[key] += value.item() / (len(group) * len(groups) * recipe.update_iters)
+                        totals[key] += value.item() * share
+                    for key, value in micro_diagnostics.items():
+                        diagnostics[key] = diagnostics.get(key, 0.0) + value.item() * share
                 for model, optimizer in zip(models, optimizers):
                     accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                     optimizer.step()
@@ -370,9 +413,10 @@ class PPOTrainer:
             totals["ptx_loss"] = self._ptx_step(ptx_examples)
         totals["actor_lr"] = self.schedulers["actor"].get_last_lr()[0]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
-        return totals
+        return {**totals, **diagnostics}
 
-    def _micro_losses(self, exp: dict, rows: slice) -> dict[str, torch.Tensor]:
+    def _micro_losses(self, exp: dict, rows: slice) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The three losses of a micro batch, and the actor's update diagnostics on it (detached)."""
         recipe = self.recipe
         full = exp["batch"]
         batch = RolloutBatch(full.sequences[rows], full.attention_mask[rows], full.prompt_width)
@@ -380,9 +424,13 @@ class PPOTrainer:
         advantages = self.method.advantages(exp["reward_advantages"][rows], exp["cost_advantages"][rows],
                                             exp["costs"][rows])
         with self.accelerator.autocast():
-            log_probs = self.actor_log_probs(self.actor, batch)
+            log_probs, entropy = self.actor_log_probs(self.actor, batch, entropy=True)
             reward_values = self.response_values(self.reward_critic, batch)
             cost_values = self.response_values(self.cost_critic, batch)
+        with torch.no_grad():
+            diagnostics = {**update_diagnostics(log_probs, exp["old_log_probs"][rows], advantages, mask,
+                                                recipe.clip_range_ratio),
+                           "entropy": masked_mean(entropy, mask)}
         return {
             "actor_loss": clipped_surrogate_loss(log_probs, exp["old_log_probs"][rows], advantages, mask,
                                                  recipe.clip_range_ratio),
@@ -390,7 +438,7 @@ class PPOTrainer:
                                                      exp["reward_returns"][rows], mask, recipe.clip_range_value),
             "cost_critic_loss": clipped_value_loss(cost_values, exp["cost_values"][rows], exp["cost_returns"][rows],
                                                    mask, recipe.clip_range_value),
-        }
+        }, diagnostics
 
     def _ptx_step(self, examples: list[tuple[list[int], int]]) -> float:
         """ptx_coeff × response-only LM loss on SFT data, as its own optimizer step (Safe RLHF)."""
@@ -431,7 +479,10 @@ class PPOTrainer:
         shared = self.accelerator.reduce(local, reduction="mean").tolist()
         names = ["reward", "cost", "unsafe_share", "kl", "response_length", "reward_value", "cost_value"]
         self.last_tokens = int(exp["mask"].sum().item()), int(batch.attention_mask.sum().item())
-        return {**dict(zip(names, shared)), **losses, **self.method.metrics(), **self.timings}
+        explained = {f"{role}_explained_variance": explained_variance(exp[f"{role}_values"], exp[f"{role}_returns"],
+                                                                     exp["mask"]) for role in ("reward", "cost")}
+        explained = {k: v for k, v in explained.items() if v is not None}
+        return {**dict(zip(names, shared)), **losses, **explained, **self.method.metrics(), **self.timings}
 
     # --- resumable state ------------------------------------------------------------------------
     def save_state(self, state_dir: Path, iteration: int) -> None:
@@ -474,7 +525,7 @@ class PPOTrainer:
             actor = self.unwrapped_actor
             if hasattr(actor, "merge_and_unload"):
                 actor = actor.merge_and_unload()
-            modeling.save_checkpoint(actor, self.tokenizer, out_dir)
+            modeling.save_checkpoint(actor, self.tokenizer, out_dir, self.dtype)
         self.accelerator.wait_for_everyone()
 
 

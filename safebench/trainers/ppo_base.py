@@ -43,7 +43,9 @@ class PPORecipe(RecipeBase):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     rollout_backend: Literal["hf", "vllm"] = "hf"
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"   # auto: bf16 on a GPU that has it
+    # autocast of the float32-weighted actor and critics; auto: bf16 when policy.dtype is bfloat16
+    # or on a GPU that has it; no: float32 compute
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     critic_init: Literal["score-models", "policy"] = "score-models"  # policy: when tokenizers differ
     lora_rank: int = Field(0, ge=0)                   # 0: full fine-tuning; > 0: LoRA on actor and critics
     lora_alpha: float = Field(16, gt=0)

@@ -4,7 +4,7 @@ The interface every engine implements (HF here; vLLM in safebench/evals/backends
 
     engine.generate(prompt_texts: list[str], seed: int) -> RolloutBatch
         prompt_texts are already formatted with the template; the engine tokenises them
-        with add_special_tokens=False (as the evaluation backends do).
+        with modeling.encode_prompt (the tokenizer's BOS once, as the evaluation backends do).
     engine.sync_weights(model) -> None
         called after every actor update with the (unwrapped) actor, so the next rollout
         samples from the updated policy. The HF engine samples from the live module, so
@@ -81,7 +81,7 @@ class HFRollout:
         from safebench import modeling
 
         tokenizer = self.tokenizer
-        prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompt_texts]
+        prompt_ids = [modeling.encode_prompt(tokenizer, t) for t in prompt_texts]
         ids, mask = modeling.pad_batch(prompt_ids, tokenizer.pad_token_id, side="left")
         device = next(self.model.parameters()).device
         sampling = self.settings.temperature > 0

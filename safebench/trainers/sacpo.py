@@ -25,10 +25,10 @@ original code stands on):
        w⁺ = 1, w⁻ = n_desirable / n_undesirable
 
 Data: the same PKU-SafeRLHF-shaped records as the score models, tokenised by
-`modeling.encode_pair` exactly as SFT saw them (prompt template, a space before the
-response, one eos after it, no BOS added); TRL's own text tokenisation is bypassed because it
-adds the tokenizer's special tokens (a second BOS for Llama tokenizers) and has no prompt
-length limit.
+`modeling.encode_pair` exactly as SFT saw them (the tokenizer's BOS once, prompt template, a
+space before the response, one eos after it); TRL's own text tokenisation is bypassed because
+it adds the tokenizer's special tokens on top of a chat template's (a second BOS for Llama
+tokenizers) and has no prompt length limit.
 
 Output: ctx.out_dir holds the final (last step's) model; ctx.out_dir/steps/{helpfulness,
 safety}/ hold each step's model (of the steps that ran) for P-SACPO to merge. Each finished step is kept in
@@ -281,7 +281,8 @@ def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out
     from transformers.trainer_utils import get_last_checkpoint
 
     tokenizer = modeling.load_tokenizer(start_dir)
-    # bf16 runs as mixed precision (fp32 master weights, bf16 autocast), as the published scripts do
+    # bf16 runs as mixed precision (fp32 master weights, bf16 autocast), like every trainer here; the
+    # published scripts trained the bf16-loaded model itself (docs/fidelity-precision.md)
     model = modeling.load_policy(start_dir, "float32")
     trainer_dir = ctx.work_dir / "trainer" / step["name"]
     trainer_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Reward and cost models: a backbone with a linear head, scored at the last non-pad token.
+"""Reward and cost models: a backbone with a linear head, scored at the last attended token
+(modeling.end_scores: the position RL reads too).
 
 Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
   reward: -log σ(R(y_better) - R(y_worse)) + reg·mean(R²)
@@ -6,7 +7,8 @@ Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
           + reg·mean(C²),   s = +1 if the response is labelled unsafe, -1 if safe
 The sign terms anchor 0 as the line between safe (C <= 0) and unsafe (C > 0).
 Defaults: initialised from the SFT model, 2 epochs, batch 16, lr 2e-5, cosine, warmup 0.03,
-weight decay 0.1, max length 512.
+weight decay 0.1, max length 512. bf16 runs as mixed precision (fp32 master weights); the
+checkpoint, and the held-out figures, are in the config's dtype.
 """
 
 from __future__ import annotations
@@ -62,11 +64,6 @@ def cost_loss(safer: torch.Tensor, unsafer: torch.Tensor, safer_sign: torch.Tens
     )
 
 
-def end_scores(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The head's output at each sequence's last non-pad token (HF picks it from pad_token_id)."""
-    return model(input_ids=ids, attention_mask=mask).logits.squeeze(-1).float()
-
-
 def pairs_for(kind: str, records: list[dict]) -> list[dict]:
     """(chosen, rejected) per record: better/worse for reward, unsafer/safer for cost."""
     pairs = []
@@ -112,6 +109,15 @@ def encode_pairs(tokenizer, pairs: list[dict], template: str, max_length: int) -
     return items
 
 
+def pair_scores(model, tokenizer, chunk: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """End scores of each pair's high and low response (pairs as `encode_pairs` makes them): what
+    the losses train and the held-out metrics judge."""
+    ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
+                                   tokenizer.pad_token_id, side="right")
+    scores = modeling.end_scores(model, ids, mask)
+    return scores[: len(chunk)], scores[len(chunk):]
+
+
 def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[dict], sides: bool = False) -> dict:
     """accuracy: share of pairs ordered as labelled; cost models add sign_accuracy, the share of
     responses on the labelled side of 0 (safe <= 0 < unsafe), and with `sides` the same for the
@@ -138,11 +144,9 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
     totals: dict[str, float] = {}
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
-        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
-                                       tokenizer.pad_token_id, side="right")
         with torch.no_grad():
-            scores = end_scores(model, ids, mask)
-        for key, value in pair_metrics(kind, scores[: len(chunk)], scores[len(chunk):], chunk, sides=True).items():
+            high, low = pair_scores(model, tokenizer, chunk)
+        for key, value in pair_metrics(kind, high, low, chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
     return totals
 
@@ -169,7 +173,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     import torch
 
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
-    model = modeling.load_score_model(ctx.policy_dir, ctx.dtype)
+    model = modeling.load_score_model(ctx.policy_dir, "float32")  # master weights; computes in ctx.dtype
     torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference
     model.config.pad_token_id = tokenizer.pad_token_id
     if recipe.train_layers is not None:
@@ -177,10 +181,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     items = encode_pairs(tokenizer, pairs_for(recipe.kind, ctx.data.preference), ctx.template, recipe.max_length)
 
     def loss_fn(m, chunk):
-        ids, mask = modeling.pad_batch([c["high_ids"] for c in chunk] + [c["low_ids"] for c in chunk],
-                                       tokenizer.pad_token_id, side="right")
-        scores = end_scores(m, ids, mask)
-        high, low = scores[: len(chunk)], scores[len(chunk):]
+        high, low = pair_scores(m, tokenizer, chunk)
         if recipe.kind == "reward":
             loss = reward_loss(high, low, recipe.regularization)
         else:
@@ -190,6 +191,7 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
         return loss, {"loss": loss.item(), **pair_metrics(recipe.kind, high, low, chunk)}
 
     steps = train_supervised(ctx, recipe, model, items, loss_fn)
+    model.to(modeling.torch_dtype(ctx.dtype))  # the weights the checkpoint will hold
     if ctx.data.heldout:
         # Logged at the last training step, so the curves show where training left the model.
         ctx.log(steps, **heldout_metrics(model, tokenizer, recipe, ctx.data.heldout, ctx.template))

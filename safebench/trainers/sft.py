@@ -1,7 +1,7 @@
 """Supervised fine-tuning: causal-LM loss on the response tokens only (prompt tokens masked).
 
 Safe RLHF `scripts/sft-deepspeed.sh`: 3 epochs, batch 4 x 8 accumulation, lr 2e-5, cosine,
-warmup 0.03, weight decay 0.
+warmup 0.03, weight decay 0; bf16 as mixed precision (fp32 master weights, see modeling.py).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ def response_only_loss(model, tokenizer, examples: list[tuple[list[int], int]]) 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
-    model = modeling.load_policy(ctx.policy_dir, ctx.dtype)
+    model = modeling.load_policy(ctx.policy_dir, "float32")  # master weights; computes in ctx.dtype
     examples = [
         modeling.encode_pair(tokenizer, modeling.format_prompt(tokenizer, r["prompt"], ctx.template),
                              r["response"], recipe.max_length)
         for r in ctx.data.sft
     ]
     train_supervised(ctx, recipe, model, examples, lambda m, chunk: response_only_loss(m, tokenizer, chunk))
-    modeling.save_checkpoint(model, tokenizer, ctx.out_dir)
+    modeling.save_checkpoint(model, tokenizer, ctx.out_dir, ctx.dtype)
     clear_state(ctx)

@@ -106,3 +106,15 @@ def test_bad_input_is_a_usage_error(runs, tmp_path):
     (broken / "manifest.json").write_text('{"evaluations": [{"method": "sft"}]}')
     with pytest.raises(UsageError, match=r"evaluations\[0\].suite' is missing"):
         write_reports([broken])
+
+
+def test_ppo_diagnostics_get_panels_of_their_own():
+    from safebench.reports.figures import curve_panels
+
+    names = ["approx_kl", "clip_fraction", "cost", "cost_explained_variance", "entropy", "kl", "lambda",
+             "reward", "reward_explained_variance"]
+    assert curve_panels(names) == [
+        ("reward", ["reward"]), ("cost", ["cost"]), ("lambda", ["lambda"]), ("KL", ["kl"]),
+        ("PPO update", ["approx_kl", "clip_fraction"]), ("entropy", ["entropy"]),
+        ("explained variance", ["cost_explained_variance", "reward_explained_variance"]),
+    ]

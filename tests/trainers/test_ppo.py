@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from safebench import modeling
 from safebench.trainers import ppo, ppo_lag
 from safebench.trainers.rollout import build_rollout_batch
 from tests.trainers import ppo_fixtures
@@ -71,6 +72,43 @@ def test_value_loss_takes_the_larger_of_clipped_and_unclipped():
     assert loss.item() == pytest.approx(0.5 * 37 / 2)
 
 
+def test_update_diagnostics_on_a_hand_made_batch():
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.5], [0.2, 0.4, 0.1]]))
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    advantages = torch.tensor([[1.0, -1.0, 2.0], [1.0, -1.0, 5.0]])
+    same = ppo.update_diagnostics(old, old, advantages, mask, clip_range=0.2)
+    assert same["approx_kl"].item() == 0.0 and same["clip_fraction"].item() == 0.0
+    # ratios row 0: 1.5, 1.5, 1.1; row 1: 0.5, 0.5, (masked) 3
+    new = old + torch.log(torch.tensor([[1.5, 1.5, 1.1], [0.5, 0.5, 3.0]]))
+    moved = ppo.update_diagnostics(new, old, advantages, mask, clip_range=0.2)
+    half_sq = lambda r: 0.5 * math.log(r) ** 2  # noqa: E731
+    expected_kl = ((2 * half_sq(1.5) + half_sq(1.1)) / 3 + half_sq(0.5)) / 2
+    assert moved["approx_kl"].item() == pytest.approx(expected_kl, rel=1e-5)
+    # clipped term the larger loss: ρ = 1.5 with A > 0 (yes), A < 0 (no), ρ = 1.1 inside (no);
+    # ρ = 0.5 with A > 0 (no: −0.5·A > −0.8·A), with A < 0 (yes); the masked token does not count
+    assert moved["clip_fraction"].item() == pytest.approx((1 / 3 + 1 / 2) / 2)
+
+
+def test_explained_variance_of_perfect_mean_and_masked_values():
+    returns = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 100.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    assert ppo.explained_variance(returns.clone(), returns, mask) == pytest.approx(1.0)
+    assert ppo.explained_variance(torch.full_like(returns, 3.0), returns, mask) == pytest.approx(0.0)
+    # the masked return (100) is left out: it would make a perfect critic of the others look poor
+    off_by_masked = returns.clone()
+    off_by_masked[1, 2] = 0.0
+    assert ppo.explained_variance(off_by_masked, returns, mask) == pytest.approx(1.0)
+    assert ppo.explained_variance(returns, torch.ones_like(returns), mask) is None
+
+
+def test_entropy_of_uniform_and_peaked_distributions():
+    logits = torch.zeros(1, 2, 8)
+    logits[0, 1, 3] = 100.0
+    entropy = ppo.token_entropy(logits)
+    assert entropy[0, 0].item() == pytest.approx(math.log(8))
+    assert entropy[0, 1].item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_rollout_layout_and_end_scores():
     batch = build_rollout_batch([[5, 6, 7], [8]], [[9, 3, 4, 4], [10, 11, 12]], pad_id=0, eos_id=3)
     assert batch.prompt_width == 3
@@ -78,7 +116,7 @@ def test_rollout_layout_and_end_scores():
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
     assert ppo.position_ids(batch.attention_mask).tolist() == [[0, 1, 2, 3, 4, 4], [0, 0, 0, 1, 2, 3]]
     scores = torch.arange(12, dtype=torch.float).view(2, 6)
-    assert ppo.end_values(scores, batch.attention_mask).tolist() == [4.0, 11.0]
+    assert modeling.last_attended(scores, batch.attention_mask).tolist() == [4.0, 11.0]
 
 
 # --- real runs on tiny untrained models -----------------------------------------------------------
@@ -89,8 +127,6 @@ def checkpoints(tmp_path_factory):
 
 
 def _trainable(path):
-    from safebench import modeling
-
     return modeling.load_policy(path).state_dict()
 
 
@@ -138,11 +174,9 @@ def test_lora_uses_the_base_as_reference_and_scorers(checkpoints, tmp_path):
     batch = trainer.rollout(prompts, seed=1)
     rewards, costs = trainer.score(batch, prompts)
     # the scorer is the critic with adapters off: equal to the plain reward model's end score
-    from safebench import modeling
-
     reward_model = ppo.TokenScores(modeling.load_score_model(checkpoints["reward"]))
-    expected = ppo.end_values(reward_model(batch.sequences, batch.attention_mask, ppo.position_ids(batch.attention_mask)),
-                              batch.attention_mask)
+    expected = modeling.last_attended(
+        reward_model(batch.sequences, batch.attention_mask, ppo.position_ids(batch.attention_mask)), batch.attention_mask)
     torch.testing.assert_close(rewards, expected, rtol=1e-4, atol=1e-4)
     exp = trainer.make_experience(batch, rewards, costs)
     # LoRA's B matrices start at zero: the actor equals the reference before any update

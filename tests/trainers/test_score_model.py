@@ -53,16 +53,24 @@ def test_pairs_follow_the_preference_labels():
 
 # --- held-out accuracy and the frozen lower layers (the smol preset uses both) ---------------
 class LengthScorer(torch.nn.Module):
-    """A stand-in score model whose score is the number of real tokens minus `offset`."""
+    """A stand-in score model whose score at a position is the number of real tokens up to it
+    minus `offset`: at the end, the sequence's real length minus `offset`."""
+
+    base_model_prefix = "model"
+
+    class Backbone(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, position_ids=None):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(last_hidden_state=attention_mask.cumsum(-1).unsqueeze(-1).float())
 
     def __init__(self, offset: int = 3):
         super().__init__()
+        self.model = self.Backbone()
         self.offset = offset
 
-    def forward(self, input_ids, attention_mask):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(logits=(attention_mask.sum(dim=1, keepdim=True) - self.offset).float())
+    def score(self, hidden):
+        return hidden - self.offset
 
 
 def test_heldout_metrics_count_ordered_pairs_and_sides_of_zero():

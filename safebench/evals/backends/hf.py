@@ -37,7 +37,7 @@ class HFBackend:
 
     def generate(self, prompts: list[str], seed: int) -> list[Generated]:
         texts = [modeling.format_prompt(self.tokenizer, p, self.template) for p in prompts]
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        encoded = [modeling.encode_prompt(self.tokenizer, t) for t in texts]
         common.check_fits_context(max(len(e) for e in encoded), self.config.max_new_tokens, self.context_limit)
         ids, mask = modeling.pad_batch(encoded, self.tokenizer.pad_token_id, side="left")
         torch.manual_seed(seed)

@@ -98,7 +98,7 @@ class VLLMBackend:
 
     def generate(self, prompts: list[str], seed: int) -> list[Generated]:
         texts = [modeling.format_prompt(self.tokenizer, p, self.template) for p in prompts]
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        encoded = [modeling.encode_prompt(self.tokenizer, t) for t in texts]
         common.check_fits_context(max(len(e) for e in encoded), self.config.max_new_tokens, self.context_limit)
         params = [
             sampling_params(self.vllm, temperature=self.config.temperature, top_p=self.config.top_p,
@@ -154,7 +154,7 @@ class VLLMRollout:
         """One sampled answer per already-formatted prompt text, laid out as a RolloutBatch."""
         from safebench.trainers.rollout import build_rollout_batch
 
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompt_texts]
+        encoded = [modeling.encode_prompt(self.tokenizer, t) for t in prompt_texts]
         common.check_fits_context(max(len(e) for e in encoded), self.settings.max_new_tokens, self.context_limit,
                                   "rollout")
         params = [
