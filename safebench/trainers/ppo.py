@@ -36,7 +36,7 @@ from safebench import modeling
 from safebench.errors import UsageError
 from safebench.store import atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
-from safebench.trainers.loop import batch_order
+from safebench.trainers.loop import batch_order, decay_groups
 from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
 from safebench.trainers.rollout import RolloutBatch, RolloutSettings, make_rollout
 
@@ -255,12 +255,7 @@ class PPOTrainer:
     def _optimizer(model, lr, weight_decay, scheduler_name, warmup_ratio, total_steps, betas):
         from transformers import get_scheduler
 
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+        optimizer = torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas))
         scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                                   num_training_steps=max(total_steps, 1))
         return optimizer, scheduler
