@@ -57,7 +57,7 @@ def _completion_logps(model, batch) -> torch.Tensor:
 # --- losses ------------------------------------------------------------------------------------
 
 def test_dpo_loss_formula_on_fixed_log_probs():
-    """−log σ(b·[(lw − rw) − (ll − rl)]) for fixed numbers, as algorithms.md §6 writes it."""
+    """−log σ(b·[(lw − rw) − (ll − rl)]) for fixed numbers, as docs/methods.md §6 writes it."""
     b, lw, ll, rw, rl = 0.1, -1.0, -2.0, -1.5, -1.5
     expected = -math.log(1 / (1 + math.exp(-b * ((lw - rw) - (ll - rl)))))
     assert expected == pytest.approx(0.6443967, abs=1e-6)
