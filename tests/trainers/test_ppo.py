@@ -203,6 +203,28 @@ def test_ptx_shares_the_actors_optimizer_step(checkpoints):
     assert math.isfinite(metrics["ptx_loss"])
 
 
+def test_the_micro_batch_size_changes_memory_not_the_step(checkpoints):
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "ptx_coeff": 0.0, "micro_batch_size": 8})
+    trainer = ppo.PPOTrainer(recipe, ppo_lag.Lagrangian(recipe), policy_dir=checkpoints["policy"],
+                             reward_model_dir=checkpoints["reward"], cost_model_dir=checkpoints["cost"],
+                             template="plain", dtype="float32", seed=0, total_iterations=1)
+    prompts = [p["prompt"] for p in ppo_fixtures.world_data(8).prompts]
+    batch = trainer.rollout(prompts, seed=2)
+    exp = trainer.make_experience(batch, *trainer.score(batch, prompts))
+    params = [p for m in (trainer.actor, trainer.reward_critic, trainer.cost_critic) for p in m.parameters()
+              if p.requires_grad]
+    gradients = []
+    for micro in (8, 3):  # one pass, or passes of 3, 3 and 2 rollouts
+        trainer.recipe = recipe.model_copy(update={"micro_batch_size": micro})
+        trainer._accumulate_step(exp, 0, 8, [], 1.0, 1.0, {"actor_loss": 0.0, "reward_critic_loss": 0.0,
+                                                           "cost_critic_loss": 0.0})
+        gradients.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad = None
+    for whole, parts in zip(*gradients):
+        torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-6)
+
+
 def test_sizes_are_global_and_shared_by_the_processes():
     with pytest.raises(ValueError, match="train_batch_size \\(48\\) must divide prompt_batch_size \\(128\\)"):
         ppo_lag.Recipe(trainer="ppo_lag", train_batch_size=48)
