@@ -78,6 +78,7 @@ def bench(name: str, iterations: int, dtype: str, peak: float) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"rl_step_{name}_") as tmp:
         paths = build_models(name, Path(tmp), dtype)
         recipe = ppo_lag.Recipe(trainer="ppo_lag", prompt_batch_size=shape["batch"], train_batch_size=shape["batch"],
+                                micro_batch_size=shape["batch"],
                                 max_new_tokens=shape["new_tokens"], ptx_coeff=0.0, actor_lr=1e-6, critic_lr=1e-6)
         trainer = ppo.PPOTrainer(recipe, ppo_lag.Lagrangian(recipe), policy_dir=paths["policy"],
                                  reward_model_dir=paths["reward"], cost_model_dir=paths["cost"], template="plain",

@@ -354,13 +354,14 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     specs: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ("sft", *SCORE_MODEL_STAGES)}
     specs.update(requested)
     stage_needs: dict[str, list[str]] = {}
+    needs_where: dict[str, str] = {}  # by base recipe: where its `needs` was set, for messages
     while True:
         bases = list(dict.fromkeys(base for base, _ in specs.values()))
         merged, provenance = _layered(preset, preset_data, preset_rel, bases, parsed_overrides)
         new = False
         for name, (base, _) in list(specs.items()):
-            declared = merged["trainers"][base].get("needs") or []
-            where = f"{source_of(('trainers', base, 'needs'), provenance)}: field 'trainers.{base}.needs'"
+            declared, source = _declared_needs(merged["trainers"][base], ("trainers", base, "needs"), provenance)
+            where = needs_where[base] = f"{source}: field 'trainers.{base}.needs'"
             if not isinstance(declared, list):
                 raise UsageError(f"{where} = {declared!r}: expected a list of method names")
             stage_needs[name] = []
@@ -382,6 +383,9 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     recipes = {}
     for name in stage_names:
         recipes[name] = validate_recipe(name, config.trainers[name], provenance)
+    for name in stage_names:
+        where = needs_where.get(parse_method_name(name, name)[0], f"field 'trainers.{name}.needs'")
+        recipes[name].check_needs(name, {need: recipes[need] for need in recipes[name].needs}, where)
     share_stages(config, recipes, stage_names,
                  _layered(preset, preset_data, preset_rel, bases, parsed_overrides, sweeps=False)[0]["trainers"])
     # The validated recipes (defaults filled in) are what the run records and hashes.
@@ -408,6 +412,16 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
                 f"available: {', '.join(known_suites)}"
             )
     return config, recipes
+
+
+def _declared_needs(data: dict, path: tuple, provenance: Provenance) -> tuple[Any, str]:
+    """A recipe's `needs` before validation, and where it was set: a YAML layer or --set, or else
+    the default of the trainer's Recipe class (the one source of recipe defaults)."""
+    if "needs" in data or not data.get("trainer"):
+        return data.get("needs") or [], source_of(path, provenance)
+    trainer = data["trainer"]
+    default = registry.trainer_module(trainer).Recipe.model_fields["needs"].default
+    return list(default), f"safebench/trainers/{trainer.replace('-', '_')}.py"
 
 
 def request_record(preset: str, methods: list[str] | None, overrides: list[str]) -> dict:

@@ -64,7 +64,7 @@ REFUSAL_WINDOW_CHARS = 160
 _REFUSAL_RE = re.compile("|".join(re.escape(p) for p in REFUSAL_PHRASES))
 # Rule for the tiny world (oracle fields present): a refusal is a response the oracle rates
 # safe (cost <= 0) but gives no helpfulness (reward <= 0). In the world's design a refusal
-# is the safe answer with reward 0 (algorithms.md, "exact-gradient toy"), while the
+# is the safe answer with reward 0 (docs/methods.md §7, the exact-gradient toy), while the
 # safe-and-helpful answer earns reward > 0, so the oracle separates the two exactly.
 ORACLE_REFUSAL_REWARD_MAX = 0.0
 

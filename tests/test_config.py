@@ -19,7 +19,7 @@ def resolve(*overrides, methods=None, preset="tiny"):
 def test_defaults_come_from_recipe_then_preset_then_override():
     config, recipes = resolve("trainers.sft.weight_decay=0.05")
     sft = config.trainers["sft"]
-    assert sft["warmup_ratio"] == 0.03            # recipe file (Safe RLHF default)
+    assert sft["warmup_ratio"] == 0.03            # the Recipe class (Safe RLHF default)
     assert sft["lr"] == pytest.approx(3e-3)       # tiny preset
     assert sft["weight_decay"] == pytest.approx(0.05)  # --set
     assert recipes["sft"].weight_decay == pytest.approx(0.05)
@@ -67,7 +67,7 @@ def project_copy(tmp_path, monkeypatch):
 
 def test_error_names_the_recipe_file_that_holds_the_bad_value(project_copy):
     path = project_copy / "trainers" / "sft.yaml"
-    path.write_text(path.read_text().replace("warmup_ratio: 0.03", "warmup_ratio: 1.5"))
+    path.write_text(path.read_text() + "warmup_ratio: 1.5\n")
     with pytest.raises(UsageError) as info:
         resolve()
     assert str(info.value).startswith("trainers/sft.yaml: field 'trainers.sft.warmup_ratio' = 1.5")
@@ -189,3 +189,62 @@ def test_method_list_keeps_commas_inside_a_variant():
 
     assert _methods("sft, sacpo[beta_over_lambda=0.01,lr=1e-4],dpo-h") == [
         "sft", "sacpo[beta_over_lambda=0.01,lr=1e-4]", "dpo-h"]
+
+
+def test_a_default_changed_in_the_recipe_class_reaches_the_run_config(monkeypatch):
+    """The Recipe classes own the defaults: no recipe YAML restates them."""
+    from pydantic import Field
+
+    from safebench.trainers import ppo_lag
+
+    class Changed(ppo_lag.Recipe):
+        kl_coeff: float = Field(0.05, ge=0)
+        episode_cost_window_size: int = Field(512, ge=1)
+
+    class Module:
+        Recipe = Changed
+
+    trainer_module = registry.trainer_module
+    monkeypatch.setattr(registry, "trainer_module", lambda name: Module if name == "ppo_lag" else trainer_module(name))
+    config, recipes = resolve(methods=["ppo-lag"], preset="paper")
+    assert config.trainers["ppo-lag"]["kl_coeff"] == 0.05
+    assert config.trainers["ppo-lag"]["episode_cost_window_size"] == 512
+
+
+def test_recipe_files_state_only_what_they_change():
+    for name in registry.recipe_names():
+        data = registry.load_recipe(name)
+        recipe_class = registry.trainer_module(data["trainer"]).Recipe
+        restated = [key for key, value in data.items() if key not in ("trainer", "role", "description")
+                    and key in recipe_class.model_fields and recipe_class.model_fields[key].default == value]
+        assert restated == [], f"trainers/{name}.yaml restates its Recipe class's defaults: {restated}"
+
+
+def test_the_published_batch_sizes_are_global():
+    """Safe RLHF's scripts give per-device sizes for 8 GPUs, line/sacpo's scripts 16 a GPU x 2
+    accumulation on 8 GPUs (first step) and 2 GPUs (second): safebench's sizes are the products."""
+    config, recipes = resolve(methods=["ppo-lag", "repo", "sacpo"], preset="paper")
+    assert (recipes["sft"].batch_size, recipes["sft"].micro_batch_size) == (4 * 8 * 8, 4)
+    for name in ("reward-model", "cost-model"):
+        assert (recipes[name].batch_size, recipes[name].micro_batch_size) == (16 * 8, 16)
+    for name in ("ppo-lag", "repo"):
+        assert (recipes[name].prompt_batch_size, recipes[name].train_batch_size) == (16 * 8, 16 * 8)
+    assert recipes["ppo-lag"].episode_cost_window_size == 128 * 8
+    assert [s["batch_size"] for s in recipes["sacpo"].step_plan()] == [16 * 2 * 8, 16 * 2 * 2]
+    assert all(recipes[name].adam_betas == (0.9, 0.95) for name in ("sft", "reward-model", "ppo-lag"))
+
+
+def test_weight_decay_spares_biases_and_layer_norms_only():
+    """Safe RLHF's get_optimizer_grouped_parameters: no decay for 'bias' and 'LayerNorm.weight'
+    (lower-cased), so Llama's final norm and the embeddings decay."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from safebench.trainers.loop import decay_groups
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, attention_bias=True))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = ({names[id(p)] for p in group["params"]} for group in decay_groups(model, 0.1))
+    assert {"model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"} <= decay
+    assert no_decay == {n for n in names.values() if "layernorm" in n or n.endswith("bias")}
+    assert any(n.endswith("bias") for n in no_decay)

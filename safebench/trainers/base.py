@@ -19,6 +19,10 @@ class RecipeBase(BaseModel):
     description: str = ""
     needs: list[str] = []  # other methods whose checkpoints this one builds on (p-sacpo: sacpo)
 
+    def check_needs(self, name: str, needed: dict[str, RecipeBase], where: str) -> None:
+        """Refuse (UsageError) needed stages whose settings this method cannot build on; `where`
+        names the setting of `needs` for the message."""
+
 
 @dataclass
 class WorldData:

@@ -22,17 +22,33 @@ if TYPE_CHECKING:
 
 
 class SupervisedRecipe(RecipeBase):
+    """Fields of a supervised trainer, with Safe RLHF's defaults (`scripts/sft-deepspeed.sh`); the
+    score models change a few (safebench/trainers/score_model.py)."""
+
     epochs: float = Field(3, gt=0)
-    batch_size: int = Field(32, ge=1)          # effective batch (micro batch x accumulation)
-    micro_batch_size: int = Field(32, ge=1)
+    # examples per optimizer step, all devices together: 4 per device x 8 accumulation x 8 GPUs
+    batch_size: int = Field(256, ge=1)
+    micro_batch_size: int = Field(4, ge=1)     # examples per forward/backward pass; memory only
     lr: float = Field(2e-5, gt=0)
     scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_betas: tuple[float, float] = (0.9, 0.95)   # Safe RLHF's ADAM_BETAS, every trainer
     max_length: int = Field(512, ge=8)
     checkpoint_every: int = Field(50, ge=1)    # optimizer steps between resumable saves
     seed_offset: int = 0                       # lets two stages on one seed draw different orders
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters with and without weight decay: biases and the per-layer norms
+    ("layernorm" in the name) go without, the final norm and the embeddings with, as Safe RLHF's
+    `get_optimizer_grouped_parameters` splits them."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            lowered = name.lower()
+            (no_decay if "bias" in lowered or "layernorm.weight" in lowered else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def batch_order(n_items: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
@@ -71,14 +87,7 @@ def train_supervised(
 
     torch.manual_seed(ctx.seed + recipe.seed_offset)
     batches = batch_order(len(items), recipe.batch_size, recipe.epochs, ctx.seed + recipe.seed_offset)
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr, betas=recipe.adam_betas,
-    )
+    optimizer = torch.optim.AdamW(decay_groups(model, recipe.weight_decay), lr=recipe.lr, betas=recipe.adam_betas)
     scheduler = get_scheduler(
         recipe.scheduler, optimizer, num_warmup_steps=math.ceil(recipe.warmup_ratio * len(batches)),
         num_training_steps=len(batches),

@@ -1,13 +1,16 @@
-"""P-SACPO: SACPO's two step models merged linearly, no retraining (arXiv 2404.11049, §5 "Practical").
+"""P-SACPO: SACPO's model merged linearly with the helpfulness model, no retraining (arXiv 2404.11049,
+§5 "Practical"; docs/methods.md §6).
 
     θ = q · θ_safety-step + (1 − q) · θ_helpfulness-step            (paper eq. 13, model merging)
 
-The paper trains the safety step with a conservatively small β/λ (large λ) and then moves
-back toward helpfulness by choosing q ∈ {0.25, 0.5, 0.75}; q = 1 is the safety-step model,
-q = 0 the helpfulness-step model. The step checkpoints come from the sacpo stage that the
-recipe's `needs` names (`<sacpo>/steps/{helpfulness,safety}`): plain `sacpo`, or one variant such
-as `sacpo[beta_over_lambda=0.025]` when the run holds several (config.py refuses an ambiguous
-`needs`). Which step ran first does not matter here.
+The safety-step model is SACPO's final model, DPO(H) → DPO(S), trained with a conservatively small
+β/λ; the helpfulness-step model is DPO(H), SACPO's first step. q ∈ {0.25, 0.5, 0.75} moves back
+toward helpfulness: q = 1 is the SACPO model, q = 0 DPO(H). SACPO's released merges
+(line/sacpo config/merge/linear_{0.25,0.5,0.75}.yaml) take helpful_dpo_0.1 and
+helpful_dpo_safety_dpo_0.01, so the default `needs` is the sacpo stage at β/λ = 0.01, and its
+`<stage>/steps/{safety,helpfulness}` are merged. Another β/λ: name that variant in `needs`.
+A sacpo stage trained safety-first (DPO(S) → DPO(H)) or as one step is refused: its steps are
+no pair the paper merges.
 """
 
 from __future__ import annotations
@@ -26,8 +29,20 @@ if TYPE_CHECKING:
 
 
 class Recipe(RecipeBase):
-    needs: list[str] = ["sacpo"]
+    # the SACPO model the paper merges: DPO(H) β = 0.1 -> DPO(S) β/λ = 0.01 (config/merge/linear_*.yaml)
+    needs: list[str] = ["sacpo[beta_over_lambda=0.01]"]
     q: float = Field(0.75, ge=0, le=1)  # weight of the safety-step model
+
+    def check_needs(self, name: str, needed: dict[str, RecipeBase], where: str) -> None:
+        for need, recipe in needed.items():
+            if getattr(recipe, "trainer", "") != "sacpo":
+                raise UsageError(f"{where}: method '{name}' merges a sacpo stage's step models; '{need}' "
+                                 f"is trained by '{recipe.trainer}'")
+            if recipe.only is not None or recipe.order != "helpfulness-first":
+                setting = f"only: {recipe.only}" if recipe.only is not None else f"order: {recipe.order}"
+                raise UsageError(f"{where}: method '{name}' needs '{need}', trained with {setting}; P-SACPO "
+                                 f"merges the helpfulness-first SACPO model with DPO(H) (arXiv 2404.11049 §5), "
+                                 f"so name a helpfulness-first sacpo variant")
 
 
 def merge_state_dicts(safety: dict[str, torch.Tensor], helpfulness: dict[str, torch.Tensor],

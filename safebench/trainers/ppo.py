@@ -1,6 +1,6 @@
 """The PPO core shared by PPO-Lagrangian and RePO (Safe RLHF `safe_rlhf/trainers/rl_trainer.py`).
 
-One RL iteration (shared/design/algorithms.md §3):
+One RL iteration (docs/methods.md §3):
   1. rollout    y ~ π_θ(·|x), one sample per prompt (temperature 1, top_p 1)
   2. scoring    R = reward-model end score, C = cost-model end score
   3. shaping    r_t = −β·(log π_θ − log π_ref)_t (+ R at the last token)
@@ -10,7 +10,7 @@ One RL iteration (shared/design/algorithms.md §3):
   5. multiplier the method moves λ from this batch's costs           (method file)
   6. actor      −mean min(ρ·A, clip(ρ, 1 ± 0.2)·A), ρ = π_θ/π_old,  A from the method (method file)
   7. critics    0.5·mean max((V − G)², (clip(V, V_old ± 5) − G)²)
-  8. PTX        optional separate step on ptx_coeff × LM loss of an SFT batch
+  8. PTX        optional: ptx_coeff × LM loss of SFT examples, in the actor's same optimizer step
 
 A method (safebench/trainers/ppo_lag.py, repo.py) is a `SafetyMethod` (ppo_base.py): its advantage, its
 multiplier and, where the method's objective rectifies the cost (RePO), the end cost the cost
@@ -25,6 +25,9 @@ Logged per iteration besides the losses (TRL's PPO statistics; Safe RLHF logs on
                              update_iters 1 (the published setting: every loss sees ratio 1)
   entropy                    of the actor's next-token distribution over response tokens
   {reward,cost}_explained_variance   1 − Var[G − V]/Var[G] of each critic at rollout time
+
+Batch sizes are global: each of P processes rolls out prompt_batch_size / P prompts and takes
+train_batch_size / P of them into each optimizer step, micro_batch_size at a time.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from safebench import modeling
 from safebench.errors import UsageError
 from safebench.store import atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
-from safebench.trainers.loop import batch_order
+from safebench.trainers.loop import batch_order, decay_groups
 from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
 from safebench.trainers.rollout import RolloutBatch, RolloutSettings, make_rollout
 
@@ -208,6 +211,12 @@ class PPOTrainer:
         AcceleratorState._reset_state()  # one process may train several methods with different settings
         self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
         device = self.accelerator.device
+        processes = self.accelerator.num_processes
+        for field in ("prompt_batch_size", "train_batch_size"):
+            if getattr(recipe, field) % processes:
+                raise UsageError(f"{field} = {getattr(recipe, field)}: expected a multiple of the number of "
+                                 f"processes ({processes}); sizes are global, shared equally")
+        method.distribute(processes, self._mean_over_processes)
         torch.manual_seed(seed + recipe.seed_offset)
 
         self.tokenizer = modeling.load_tokenizer(policy_dir)
@@ -270,19 +279,17 @@ class PPOTrainer:
         self.timings: dict[str, float] = {}
 
     def optimizer_steps_per_update(self) -> int:
-        micro = math.ceil(self.recipe.prompt_batch_size / self.recipe.train_batch_size)
-        return math.ceil(micro / self.recipe.gradient_accumulation_steps)
+        return self.recipe.prompt_batch_size // self.recipe.train_batch_size
+
+    def _mean_over_processes(self, value: float) -> float:
+        local = torch.tensor(float(value), device=self.accelerator.device)
+        return self.accelerator.reduce(local, reduction="mean").item()
 
     @staticmethod
     def _optimizer(model, lr, weight_decay, scheduler_name, warmup_ratio, total_steps, betas):
         from transformers import get_scheduler
 
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=tuple(betas))
+        optimizer = torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas))
         scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                                   num_training_steps=max(total_steps, 1))
         return optimizer, scheduler
@@ -377,43 +384,65 @@ class PPOTrainer:
         }
 
     def update(self, exp: dict, ptx_examples: list | None = None) -> dict[str, float]:
-        """PPO update of actor and both critics on one rollout batch, then the optional PTX step."""
-        recipe, accelerator = self.recipe, self.accelerator
+        """PPO update of actor and both critics on this process's rollouts, one optimizer step per
+        train_batch_size rollouts (all processes). With PTX, each step's actor gradient also holds
+        ptx_coeff × the LM loss of as many SFT examples: Safe RLHF doubles the actor's gradient
+        accumulation, so the RL and PTX halves are each scaled by 1/2 and clipped together."""
+        recipe = self.recipe
         rows = exp["mask"].shape[0]
+        step_rows = recipe.train_batch_size // self.accelerator.num_processes
+        use_ptx = recipe.ptx_coeff > 0 and bool(ptx_examples)
+        share = 1.0 / (math.ceil(rows / step_rows) * recipe.update_iters)  # of the logged means
         totals: dict[str, float] = {"actor_loss": 0.0, "reward_critic_loss": 0.0, "cost_critic_loss": 0.0}
         diagnostics: dict[str, float] = {}
+        if use_ptx:
+            totals["ptx_loss"] = 0.0
         models = (self.actor, self.reward_critic, self.cost_critic)
         optimizers = (self.actor_optimizer, self.reward_critic_optimizer, self.cost_critic_optimizer)
         for _ in range(recipe.update_iters):
-            chunks = [slice(s, min(s + recipe.train_batch_size, rows)) for s in range(0, rows, recipe.train_batch_size)]
-            groups = [chunks[i:i + recipe.gradient_accumulation_steps]
-                      for i in range(0, len(chunks), recipe.gradient_accumulation_steps)]
-            for group in groups:
-                for position, rows_slice in enumerate(group):
-                    last = position == len(group) - 1
-                    with contextlib.ExitStack() as stack:
-                        if not last:
-                            for model in models:
-                                stack.enter_context(accelerator.no_sync(model))
-                        losses, micro_diagnostics = self._micro_losses(exp, rows_slice)
-                        scale = 1.0 / len(group)
-                        accelerator.backward(sum(losses.values()) * scale)
-                    share = 1.0 / (len(group) * len(groups) * recipe.update_iters)
-                    for key, value in losses.items():
-                        totals[key] += value.item() * share
-                    for key, value in micro_diagnostics.items():
-                        diagnostics[key] = diagnostics.get(key, 0.0) + value.item() * share
+            for start in range(0, rows, step_rows):
+                stop = min(start + step_rows, rows)
+                ptx = ptx_examples[start:stop] if use_ptx else []
+                self._accumulate_step(exp, start, stop, ptx, 0.5 if use_ptx else 1.0, share, totals, diagnostics)
                 for model, optimizer in zip(models, optimizers):
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                    self.accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for scheduler in self.schedulers.values():
                     scheduler.step()
-        if recipe.ptx_coeff > 0 and ptx_examples:
-            totals["ptx_loss"] = self._ptx_step(ptx_examples)
         totals["actor_lr"] = self.schedulers["actor"].get_last_lr()[0]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return {**totals, **diagnostics}
+
+    def _accumulate_step(self, exp: dict, start: int, stop: int, ptx: list, actor_scale: float, share: float,
+                         totals: dict[str, float], diagnostics: dict[str, float]) -> None:
+        """Gradients of one optimizer step, micro_batch_size rows per backward pass; DDP synchronises
+        each model on its last pass only."""
+        size = self.recipe.micro_batch_size
+        rl_parts = [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
+        ptx_parts = [ptx[s:s + size] for s in range(0, len(ptx), size)]
+        passes = [("rl", part) for part in rl_parts] + [("ptx", part) for part in ptx_parts]
+        for index, (kind, part) in enumerate(passes):
+            actor_last = index == len(passes) - 1
+            critics_last = kind == "rl" and index == len(rl_parts) - 1
+            with contextlib.ExitStack() as stack:
+                for model, last in ((self.actor, actor_last), (self.reward_critic, critics_last),
+                                    (self.cost_critic, critics_last)):
+                    if not last:
+                        stack.enter_context(self.accelerator.no_sync(model))
+                if kind == "rl":
+                    weight = (part.stop - part.start) / (stop - start)
+                    losses, micro_diagnostics = self._micro_losses(exp, part)
+                    loss = actor_scale * losses["actor_loss"] + losses["reward_critic_loss"] + losses["cost_critic_loss"]
+                    for key, value in micro_diagnostics.items():
+                        diagnostics[key] = diagnostics.get(key, 0.0) + value.item() * weight * share
+                else:
+                    weight = len(part) / len(ptx)
+                    losses = {"ptx_loss": self._ptx_loss(part)}
+                    loss = actor_scale * self.recipe.ptx_coeff * losses["ptx_loss"]
+                self.accelerator.backward(loss * weight)
+            for key, value in losses.items():
+                totals[key] += value.item() * weight * share
 
     def _micro_losses(self, exp: dict, rows: slice) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The three losses of a micro batch, and the actor's update diagnostics on it (detached)."""
@@ -440,8 +469,8 @@ class PPOTrainer:
                                                    mask, recipe.clip_range_value),
         }, diagnostics
 
-    def _ptx_step(self, examples: list[tuple[list[int], int]]) -> float:
-        """ptx_coeff × response-only LM loss on SFT data, as its own optimizer step (Safe RLHF)."""
+    def _ptx_loss(self, examples: list[tuple[list[int], int]]) -> torch.Tensor:
+        """Response-only LM loss on SFT examples (Safe RLHF's PTX; ptx_coeff weighs it in `update`)."""
         ids, mask = modeling.pad_batch([e[0] for e in examples], self.tokenizer.pad_token_id, side="right")
         labels = ids.clone()
         labels[mask == 0] = -100
@@ -449,12 +478,7 @@ class PPOTrainer:
             labels[row, :n_prompt] = -100
         device = self.accelerator.device
         with self.accelerator.autocast():
-            loss = self.actor(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-        self.accelerator.backward(self.recipe.ptx_coeff * loss)
-        self.accelerator.clip_grad_norm_(self.actor.parameters(), self.recipe.max_grad_norm)
-        self.actor_optimizer.step()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+            return self.actor(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
 
     def step(self, prompts: list[str], seed: int, ptx_examples: list | None = None) -> dict[str, float]:
         """One RL iteration on this process's prompts; returns metrics averaged over processes."""
@@ -466,7 +490,7 @@ class PPOTrainer:
         t2 = clock()
         exp = self.make_experience(batch, rewards, costs)
         t3 = clock()
-        self.method.update_multiplier(self.accelerator.gather(costs).float().cpu(), self.global_step)
+        self.method.update_multiplier(costs.float().cpu(), self.global_step)
         losses = self.update(exp, ptx_examples)
         t4 = clock()
         self.global_step += 1
@@ -534,10 +558,17 @@ def _trainable_state(model) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable}
 
 
-def process_prompts(items: list[dict], process_index: int, num_processes: int, per_process: int) -> list[dict]:
+def process_prompts(items: list[dict], process_index: int, num_processes: int, global_batch: int) -> list[dict]:
     """This process's share of a global batch; a short batch (end of an epoch) wraps around."""
-    full = (items * math.ceil(per_process * num_processes / len(items)))[: per_process * num_processes]
+    full = (items * math.ceil(global_batch / len(items)))[:global_batch]
     return full[process_index::num_processes]
+
+
+def ptx_batch(examples: list, rows: int, rng: random.Random) -> list:
+    """`rows` SFT examples for one iteration of one process, drawn without repeats while there are enough."""
+    pool = list(examples)
+    rng.shuffle(pool)
+    return (pool * math.ceil(rows / len(pool)))[:rows]
 
 
 def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> None:
@@ -553,8 +584,7 @@ def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> Non
 
     processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
     seed = ctx.seed + recipe.seed_offset
-    global_batch = recipe.prompt_batch_size * processes
-    batches = batch_order(len(prompts), global_batch, recipe.epochs, seed)
+    batches = batch_order(len(prompts), recipe.prompt_batch_size, recipe.epochs, seed)
     trainer = PPOTrainer(recipe, method, policy_dir=ctx.policy_dir, reward_model_dir=ctx.reward_model_dir,
                          cost_model_dir=ctx.cost_model_dir, template=ctx.template, dtype=ctx.dtype, seed=seed,
                          total_iterations=len(batches))
@@ -572,9 +602,9 @@ def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> Non
         items = process_prompts([prompts[i] for i in batches[iteration]], accelerator.process_index, processes,
                                 recipe.prompt_batch_size)
         ptx = None
-        if ptx_examples:
+        if ptx_examples:  # as many SFT examples as rollouts (Safe RLHF's PTX batch per device)
             rng = random.Random(seed * 7919 + iteration * processes + accelerator.process_index)
-            ptx = rng.sample(ptx_examples, min(recipe.train_batch_size, len(ptx_examples)))
+            ptx = ptx_batch(ptx_examples, len(items), rng)
         generation_seed = (seed * 1_000_003 + iteration) * 64 + accelerator.process_index
         metrics = trainer.step([item["prompt"] for item in items], generation_seed, ptx)
         if accelerator.is_main_process:

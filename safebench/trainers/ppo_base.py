@@ -4,9 +4,9 @@ ppo-lag or repo recipe (any `safebench run`, before it knows the input is good) 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from safebench.trainers.base import RecipeBase
 
@@ -15,20 +15,27 @@ if TYPE_CHECKING:
 
 
 class PPORecipe(RecipeBase):
-    """Defaults: Safe RLHF `scripts/ppo-lag.sh` (and the trainer's argument defaults)."""
+    """Defaults: Safe RLHF `scripts/ppo-lag.sh` (and the trainer's argument defaults), run on 8 GPUs.
+
+    Sizes are global (all processes together), so a run on any number of devices takes the
+    published steps: the script's per-device sizes times its 8 devices (docs/fidelity.md).
+    """
 
     epochs: float = Field(1, gt=0)                    # passes over the RL prompts
     update_iters: int = Field(1, ge=1)                # PPO epochs over each rollout batch
-    prompt_batch_size: int = Field(16, ge=1)          # per device: rollouts per iteration
-    train_batch_size: int = Field(16, ge=1)           # per device micro batch of the update
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    # rollouts per iteration, all processes: 16 per device x 8 GPUs; λ moves once per iteration
+    prompt_batch_size: int = Field(128, ge=1)
+    # rollouts per optimizer step, all processes: 16 per device x 8 GPUs x accumulation 1
+    train_batch_size: int = Field(128, ge=1)
+    # rollouts in one forward/backward pass on one process; memory only, the step is the same
+    micro_batch_size: int = Field(16, ge=1)
     actor_lr: float = Field(1e-5, gt=0)
     actor_scheduler: str = "cosine"
     actor_warmup_ratio: float = Field(0.03, ge=0, lt=1)
     actor_weight_decay: float = Field(0.01, ge=0)
     critic_lr: float = Field(5e-6, gt=0)
     critic_scheduler: str = "constant"
-    critic_warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    critic_warmup_ratio: float = Field(0.03, ge=0, lt=1)     # no effect on a constant schedule
     critic_weight_decay: float = Field(0.0, ge=0)
     adam_betas: tuple[float, float] = (0.9, 0.95)
     max_grad_norm: float = Field(1.0, gt=0)           # DeepSpeed config gradient_clipping
@@ -38,7 +45,7 @@ class PPORecipe(RecipeBase):
     clip_range_value: float = Field(5.0, gt=0)
     gamma: float = Field(1.0, ge=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
-    ptx_coeff: float = Field(16.0, ge=0)              # 0 turns the PTX step off
+    ptx_coeff: float = Field(16.0, ge=0)              # 0 turns PTX off; else it shares the actor's step
     max_new_tokens: int = Field(512, ge=1)            # the script's max_length 512 bounds the whole text
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -54,19 +61,37 @@ class PPORecipe(RecipeBase):
     checkpoint_every: int = Field(20, ge=1)           # iterations between resumable saves
     seed_offset: int = 0
 
+    @model_validator(mode="after")
+    def _whole_steps(self):
+        if self.prompt_batch_size % self.train_batch_size:
+            raise ValueError(f"train_batch_size ({self.train_batch_size}) must divide prompt_batch_size "
+                             f"({self.prompt_batch_size}): every optimizer step takes the same number of rollouts")
+        return self
+
+
+def _same_value(value: float) -> float:
+    return value
+
 
 class SafetyMethod:
     """What a safe-RL method adds to PPO: how λ moves and how A^r, A^c combine into A."""
 
     def __init__(self, recipe: PPORecipe):
         self.recipe = recipe
+        self.processes = 1
+        self.mean_over_processes: Callable[[float], float] = _same_value
+
+    def distribute(self, processes: int, mean_over_processes: Callable[[float], float]) -> None:
+        """Train on `processes` processes; `mean_over_processes(x)` is the mean of x over all of them
+        (a collective: every process calls it at the same point)."""
+        self.processes, self.mean_over_processes = processes, mean_over_processes
 
     @property
     def multiplier(self) -> float:
         raise NotImplementedError
 
     def update_multiplier(self, costs: torch.Tensor, step: int) -> None:
-        """costs: end costs of this iteration's rollouts on every process."""
+        """costs: end costs of this iteration's rollouts on this process (every process calls it)."""
         raise NotImplementedError
 
     def advantages(self, reward_advantages: torch.Tensor, cost_advantages: torch.Tensor,

@@ -1,4 +1,4 @@
-"""RePO, Rectified Policy Optimization (arXiv 2410.19933; shared/design/algorithms.md §5).
+"""RePO, Rectified Policy Optimization (arXiv 2410.19933; docs/methods.md §5).
 
 The constraint holds for every prompt, C(x, y) ≤ 0, and becomes one rectified penalty that
 safe prompts cannot offset:  max_θ min_{λ≥0} E[R] − β·KL − λ·E[{C}^+],  {z}^+ = max(z, 0).
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class Recipe(PPORecipe):
-    # The paper fixes none of these; each is a choice made here (algorithms.md §5):
+    # The paper fixes none of these; each is a choice made here (docs/methods.md §5):
     lambda_init: float = Field(1.0, ge=0)           # choice: PPO-Lag's λ_init
     lambda_lr: float = Field(0.1, ge=0)             # choice: PPO-Lag's lr_λ
     lambda_max: float | None = Field(5.0, gt=0)     # choice: PPO-Lag's λ_max; None: unbounded
@@ -51,7 +51,8 @@ class Rectified(SafetyMethod):
     def update_multiplier(self, costs: torch.Tensor, step: int) -> None:
         if step < self.recipe.lambda_update_delay_steps:
             return
-        rectified = (costs.float() + self.recipe.margin).clamp(min=0).mean().item()  # mean {C + δ}^+
+        # mean {C + δ}^+ over this iteration's rollouts: every process holds as many
+        rectified = self.mean_over_processes((costs.float() + self.recipe.margin).clamp(min=0).mean().item())
         self.lam += self.recipe.lambda_lr * rectified
         if self.recipe.lambda_max is not None:
             self.lam = min(self.lam, self.recipe.lambda_max)

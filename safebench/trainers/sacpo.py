@@ -36,7 +36,8 @@ ctx.work_dir/steps/ and TRL saves resumable trainer state every `checkpoint_ever
 a rerun after a crash resumes instead of starting over.
 
 Defaults (line/sacpo scripts): 3 epochs, lr 2e-5, warmup 0.03, cosine, bf16, max prompt
-length 128, max length 512, helpfulness β = 0.1, β/λ = 0.025.
+length 128, max length 512, helpfulness β = 0.1, β/λ = 0.025, 256 pairs a step in the first step
+and 64 in the second (docs/methods.md §6, docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ class Recipe(RecipeBase):
     scheduler: str = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)            # (choice) TRL / HF default
-    batch_size: int = Field(32, ge=1)                 # (choice) effective batch, as SFT: 4 x 8 accumulation
-    micro_batch_size: int = Field(4, ge=1)            # KTO estimates its KL term within one micro batch
+    # pairs per optimizer step, all devices together. line/sacpo's scripts: 16 per device x 2
+    # accumulation, the first step on 8 GPUs (256), the second on 2 (64; they train four β/λ at once)
+    batch_size: int = Field(256, ge=1)
+    second_batch_size: int = Field(64, ge=1)
+    micro_batch_size: int = Field(16, ge=1)           # KTO estimates its KL term within one micro batch
     max_prompt_length: int = Field(128, ge=1)         # prompts keep their last tokens (the template's end)
     max_length: int = Field(512, ge=8)
     checkpoint_every: int = Field(50, ge=1)           # optimizer steps between resumable trainer saves
@@ -88,9 +92,10 @@ class Recipe(RecipeBase):
     @field_validator("micro_batch_size")
     @classmethod
     def _divides_batch(cls, value: int, info):
-        batch = info.data.get("batch_size")
-        if batch is not None and batch % value:
-            raise ValueError(f"expected a divisor of batch_size ({batch})")
+        for field in ("batch_size", "second_batch_size"):
+            batch = info.data.get(field)
+            if batch is not None and batch % value:
+                raise ValueError(f"expected a divisor of {field} ({batch})")
         return value
 
     @field_validator("max_length")
@@ -118,8 +123,9 @@ class Recipe(RecipeBase):
         betas = [self.beta, self.beta_over_lambda]
         epochs = [self.epochs, self.second_epochs or self.epochs]
         lrs = [self.lr, self.second_lr or self.lr]
-        return [{"name": name, "loss": losses[name], "beta": beta, "epochs": n, "lr": lr}
-                for name, beta, n, lr in zip(self.step_names(), betas, epochs, lrs)]
+        batches = [self.batch_size, self.second_batch_size]
+        return [{"name": name, "loss": losses[name], "beta": beta, "epochs": n, "lr": lr, "batch_size": batch}
+                for name, beta, n, lr, batch in zip(self.step_names(), betas, epochs, lrs, batches)]
 
 
 # --- data: PKU-SafeRLHF records -> tokenised pairs (one path with SFT and the score models) ----
@@ -250,7 +256,7 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
     common = dict(
         output_dir=str(output_dir), num_train_epochs=step["epochs"],
         per_device_train_batch_size=recipe.micro_batch_size,
-        gradient_accumulation_steps=recipe.batch_size // recipe.micro_batch_size,
+        gradient_accumulation_steps=step["batch_size"] // recipe.micro_batch_size,
         learning_rate=step["lr"], lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
         precompute_ref_log_probs=True, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),

@@ -6,9 +6,10 @@ Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
   cost:   -log σ(C(y_unsafer) - C(y_safer)) - log σ(s_safer·C(y_safer)) - log σ(s_unsafer·C(y_unsafer))
           + reg·mean(C²),   s = +1 if the response is labelled unsafe, -1 if safe
 The sign terms anchor 0 as the line between safe (C <= 0) and unsafe (C > 0).
-Defaults: initialised from the SFT model, 2 epochs, batch 16, lr 2e-5, cosine, warmup 0.03,
-weight decay 0.1, max length 512. bf16 runs as mixed precision (fp32 master weights); the
-checkpoint, and the held-out figures, are in the config's dtype.
+Defaults (Safe RLHF `scripts/reward-model.sh`, `scripts/cost-model.sh`): initialised from the SFT
+model, 2 epochs, 128 pairs a step (16 per device x 8 GPUs), lr 2e-5, cosine, warmup 0.03, weight
+decay 0.1, max length 512. bf16 runs as mixed precision (fp32 master weights); the checkpoint,
+and the held-out figures, are in the config's dtype.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Recipe(SupervisedRecipe):
     role: Literal["score-model"] = "score-model"
     kind: Literal["reward", "cost"]
     epochs: float = Field(2, gt=0)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(128, ge=1)          # pairs per optimizer step: 16 per device x 8 GPUs
     micro_batch_size: int = Field(16, ge=1)
     weight_decay: float = Field(0.1, ge=0)
     regularization: float = Field(0.001, ge=0)  # coefficient of mean(score²)

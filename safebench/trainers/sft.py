@@ -1,7 +1,9 @@
 """Supervised fine-tuning: causal-LM loss on the response tokens only (prompt tokens masked).
 
-Safe RLHF `scripts/sft-deepspeed.sh`: 3 epochs, batch 4 x 8 accumulation, lr 2e-5, cosine,
-warmup 0.03, weight decay 0; bf16 as mixed precision (fp32 master weights, see modeling.py).
+Safe RLHF `scripts/sft-deepspeed.sh`: 3 epochs, 256 examples a step (4 per device x 8
+accumulation x 8 GPUs), lr 2e-5, cosine, warmup 0.03, weight decay 0 (the defaults of
+`SupervisedRecipe`, safebench/trainers/loop.py); bf16 as mixed precision (fp32 master weights,
+see modeling.py).
 """
 
 from __future__ import annotations

@@ -55,5 +55,5 @@ def make_context(paths: dict[str, Path], out: Path, name: str = "ppo-lag", n_pro
 
 
 # Small enough for a CPU test, large enough for two iterations and one resumable save.
-TINY_RECIPE = dict(epochs=1, prompt_batch_size=8, train_batch_size=4, gradient_accumulation_steps=2,
+TINY_RECIPE = dict(epochs=1, prompt_batch_size=8, train_batch_size=8, micro_batch_size=4,
                    actor_lr=1e-3, critic_lr=1e-3, max_new_tokens=8, ptx_coeff=1.0, checkpoint_every=1)

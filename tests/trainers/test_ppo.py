@@ -203,6 +203,72 @@ def test_retokenised_scores_equal_shared_token_scores(checkpoints):
         torch.testing.assert_close(a[ended], b[ended], rtol=1e-4, atol=1e-4)
 
 
+def test_ptx_shares_the_actors_optimizer_step(checkpoints):
+    """Safe RLHF doubles the actor's gradient accumulation when PTX is on (rl_trainer.py,
+    init_engines), so one clipped step takes ½·∇actor_loss + ½·ptx_coeff·∇ptx_loss."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "ptx_coeff": 2.0, "micro_batch_size": 8,
+                                                  "max_grad_norm": 1e6, "actor_warmup_ratio": 0.0})
+    trainer = ppo.PPOTrainer(recipe, ppo_lag.Lagrangian(recipe), policy_dir=checkpoints["policy"],
+                             reward_model_dir=checkpoints["reward"], cost_model_dir=checkpoints["cost"],
+                             template="plain", dtype="float32", seed=0, total_iterations=1)
+    data = ppo_fixtures.world_data(8)
+    prompts = [p["prompt"] for p in data.prompts]
+    batch = trainer.rollout(prompts, seed=1)
+    exp = trainer.make_experience(batch, *trainer.score(batch, prompts))
+    from safebench import modeling
+
+    ptx = [modeling.encode_pair(trainer.tokenizer, modeling.format_prompt(trainer.tokenizer, r["prompt"], "plain"),
+                                r["response"], 64) for r in data.sft[:8]]
+    params = [p for p in trainer.actor.parameters() if p.requires_grad]
+    combined = 0.5 * trainer._micro_losses(exp, slice(0, 8))["actor_loss"] + 0.5 * 2.0 * trainer._ptx_loss(ptx)
+    expected = torch.autograd.grad(combined, params)
+    taken = []
+    step = trainer.actor_optimizer.step
+
+    def record(*args, **kwargs):
+        taken.append([p.grad.clone() for p in params])
+        return step(*args, **kwargs)
+
+    trainer.actor_optimizer.step = record
+    metrics = trainer.update(exp, ptx)
+    assert len(taken) == 1  # one actor step for the train batch and its PTX examples together
+    for got, want in zip(taken[0], expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert math.isfinite(metrics["ptx_loss"])
+
+
+def test_the_micro_batch_size_changes_memory_not_the_step(checkpoints):
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "ptx_coeff": 0.0, "micro_batch_size": 8})
+    trainer = ppo.PPOTrainer(recipe, ppo_lag.Lagrangian(recipe), policy_dir=checkpoints["policy"],
+                             reward_model_dir=checkpoints["reward"], cost_model_dir=checkpoints["cost"],
+                             template="plain", dtype="float32", seed=0, total_iterations=1)
+    prompts = [p["prompt"] for p in ppo_fixtures.world_data(8).prompts]
+    batch = trainer.rollout(prompts, seed=2)
+    exp = trainer.make_experience(batch, *trainer.score(batch, prompts))
+    params = [p for m in (trainer.actor, trainer.reward_critic, trainer.cost_critic) for p in m.parameters()
+              if p.requires_grad]
+    gradients = []
+    for micro in (8, 3):  # one pass, or passes of 3, 3 and 2 rollouts
+        trainer.recipe = recipe.model_copy(update={"micro_batch_size": micro})
+        trainer._accumulate_step(exp, 0, 8, [], 1.0, 1.0, {"actor_loss": 0.0, "reward_critic_loss": 0.0,
+                                                           "cost_critic_loss": 0.0})
+        gradients.append([p.grad.clone() for p in params])
+        for p in params:
+            p.grad = None
+    for whole, parts in zip(*gradients):
+        torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_sizes_are_global_and_shared_by_the_processes():
+    with pytest.raises(ValueError, match="train_batch_size \\(48\\) must divide prompt_batch_size \\(128\\)"):
+        ppo_lag.Recipe(trainer="ppo_lag", train_batch_size=48)
+    recipe = ppo_lag.Recipe(trainer="ppo_lag")
+    assert (recipe.prompt_batch_size, recipe.train_batch_size) == (16 * 8, 16 * 8)  # ppo-lag.sh: 16 a GPU, 8 GPUs
+    items = [{"id": i} for i in range(6)]
+    shares = [ppo.process_prompts(items, rank, 2, 8) for rank in range(2)]
+    assert [len(s) for s in shares] == [4, 4]   # a short last batch wraps around to the global size
+
+
 def test_missing_models_is_a_usage_error(tmp_path, checkpoints):
     from safebench.errors import UsageError
 
@@ -236,6 +302,6 @@ def test_two_processes_train_one_model(checkpoints, tmp_path):
     assert first["processes"] == second["processes"] == 2
     assert first["checksum"] == pytest.approx(second["checksum"], rel=1e-6)
     assert first["lambda"] == pytest.approx(second["lambda"])
-    assert first["window"] == 2 * 2 * 4  # two iterations x two processes x four prompts each: costs are gathered
+    assert first["window"] == 2 * 4  # two iterations x four prompts: each process keeps its own costs (Safe RLHF)
     assert first["curves"] == [1, 2] and second["curves"] == []  # only the main process logs
     assert (tmp_path / "model" / "model.safetensors").exists()

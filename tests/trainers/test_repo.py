@@ -1,4 +1,4 @@
-"""RePO's rectified penalty and multiplier (algorithms.md §5)."""
+"""RePO's rectified penalty and multiplier (docs/methods.md §5)."""
 
 from __future__ import annotations
 

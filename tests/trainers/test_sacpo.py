@@ -37,7 +37,7 @@ def _context(tmp_path: Path, policy_dir: Path, records: list[dict], name: str = 
 
 
 def _recipe(**fields) -> sacpo.Recipe:
-    base = dict(trainer="sacpo", epochs=1, batch_size=4, micro_batch_size=4, lr=5e-2, warmup_ratio=0.0,
+    base = dict(trainer="sacpo", epochs=1, batch_size=4, second_batch_size=4, micro_batch_size=4, lr=5e-2, warmup_ratio=0.0,
                 max_prompt_length=24, max_length=64)
     return sacpo.Recipe(**{**base, **fields})
 
@@ -57,7 +57,7 @@ def _completion_logps(model, batch) -> torch.Tensor:
 # --- losses ------------------------------------------------------------------------------------
 
 def test_dpo_loss_formula_on_fixed_log_probs():
-    """−log σ(b·[(lw − rw) − (ll − rl)]) for fixed numbers, as algorithms.md §6 writes it."""
+    """−log σ(b·[(lw − rw) − (ll − rl)]) for fixed numbers, as docs/methods.md §6 writes it."""
     b, lw, ll, rw, rl = 0.1, -1.0, -2.0, -1.5, -1.5
     expected = -math.log(1 / (1 + math.exp(-b * ((lw - rw) - (ll - rl)))))
     assert expected == pytest.approx(0.6443967, abs=1e-6)
@@ -246,19 +246,20 @@ def test_only_runs_one_step_from_sft_and_equals_that_sacpo_step(monkeypatch, tmp
     sacpo_first = load_file(helpfulness_first[0].out_dir / "steps" / "helpfulness" / "model.safetensors")
     assert all(torch.equal(final[k], sacpo_first[k]) for k in final)  # same data, seed, settings: same model
     assert _recipe(only="safety").step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01,
-                                                   "epochs": 1, "lr": 5e-2}]  # DPO(S) β
+                                                   "epochs": 1, "lr": 5e-2, "batch_size": 4}]  # DPO(S) β
 
 
 def test_dpo_h_and_dpo_s_recipes_are_single_sacpo_steps_with_the_papers_betas():
     config, recipes = config_module.resolve("paper", ["dpo-h", "dpo-s", "sacpo"])
-    published = {"epochs": 3, "lr": 2e-5}
+    published = {"epochs": 3, "lr": 2e-5, "batch_size": 256}  # line/sacpo: 16 a GPU x 2 accumulation x 8 GPUs
     assert recipes["dpo-h"].step_plan() == [{"name": "helpfulness", "loss": "dpo", "beta": 0.1, **published}]
     assert recipes["dpo-s"].step_plan() == [{"name": "safety", "loss": "dpo", "beta": 0.01, **published}]
     for name in ("dpo-h", "dpo-s"):  # everything else is SACPO's published schedule
         assert (recipes[name].epochs, recipes[name].lr) == (recipes["sacpo"].epochs, recipes["sacpo"].lr) == (3, 2e-5)
     tiny = config_module.resolve("tiny", ["dpo-h", "dpo-s", "sacpo"])[1]
     assert tiny["dpo-s"].safety_loss == tiny["sacpo"].safety_loss == "kto"  # tiny: as sacpo's safety step
-    unused_by_dpo_h = {"only", "description", "beta_over_lambda", "safety_loss", "second_epochs", "second_lr"}
+    unused_by_dpo_h = {"only", "description", "beta_over_lambda", "safety_loss", "second_epochs", "second_lr",
+                       "second_batch_size"}
     assert tiny["dpo-h"].model_dump(exclude=unused_by_dpo_h) == tiny["sacpo"].model_dump(exclude=unused_by_dpo_h)
 
 
@@ -269,7 +270,7 @@ def test_merge_is_the_weighted_average_parameter_by_parameter(tmp_path):
     tiny.make_tiny_policy_checkpoint(sacpo_dir / "steps" / "safety", seed=1, **SIZES)
     tiny.make_tiny_policy_checkpoint(sacpo_dir / "steps" / "helpfulness", seed=2, **SIZES)
     ctx = _context(tmp_path, sacpo_dir, [], name="p-sacpo")
-    ctx.method_dirs = {"sacpo": sacpo_dir}
+    ctx.method_dirs = {"sacpo[beta_over_lambda=0.01]": sacpo_dir}
     p_sacpo.train(ctx, p_sacpo.Recipe(trainer="p_sacpo", q=0.3))
     merged = load_file(ctx.out_dir / "model.safetensors")
     safety = load_file(sacpo_dir / "steps" / "safety" / "model.safetensors")
@@ -291,10 +292,36 @@ def test_published_defaults_and_tiny_preset():
     config, recipes = config_module.resolve("tiny", ["sacpo", "p-sacpo"])
     recipe = recipes["sacpo"]
     assert (recipe.beta, recipe.beta_over_lambda, recipe.order) == (0.1, 0.025, "helpfulness-first")
-    assert recipes["p-sacpo"].q == 0.75 and recipes["p-sacpo"].needs == ["sacpo"]
+    assert recipes["p-sacpo"].q == 0.75 and recipes["p-sacpo"].needs == ["sacpo[beta_over_lambda=0.01]"]
     published = sacpo.Recipe(trainer="sacpo")
     assert (published.epochs, published.lr, published.warmup_ratio, published.scheduler) == (3, 2e-5, 0.03, "cosine")
     assert (published.max_prompt_length, published.max_length) == (128, 512)
+
+
+def test_p_sacpo_merges_the_models_the_paper_merges():
+    """line/sacpo config/merge/linear_{0.25,0.5,0.75}.yaml: helpful_dpo_0.1 (weight 1 − q) and
+    helpful_dpo_safety_dpo_0.01 (weight q): DPO(H) and the helpfulness-first SACPO model at β/λ 0.01,
+    which a sacpo stage at that β/λ holds as steps/helpfulness and steps/safety (its final model)."""
+    for preset in ("paper", "tiny"):
+        config, recipes = config_module.resolve(preset, ["sacpo", "p-sacpo"])
+        (need,) = recipes["p-sacpo"].needs
+        merged = recipes[config.trained_as(need)]
+        assert merged.step_plan()[0]["name"] == "helpfulness" and merged.step_plan()[0]["beta"] == 0.1
+        assert merged.step_plan()[1]["name"] == "safety" and merged.step_plan()[1]["beta"] == 0.01
+        assert (merged.helpfulness_loss, recipes["sacpo"].beta_over_lambda) == ("dpo", 0.025)  # sacpo's own stays
+    assert config_module.resolve("paper", ["p-sacpo"])[1]["sacpo[beta_over_lambda=0.01]"].safety_loss == "dpo"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["trainers.sacpo.order=safety-first"], "order: safety-first"),
+    (['trainers.p-sacpo.needs=["dpo-s"]'], "only: safety"),
+])
+def test_p_sacpo_refuses_a_sacpo_model_the_paper_does_not_merge(overrides, expected):
+    with pytest.raises(UsageError) as info:
+        config_module.resolve("tiny", ["p-sacpo"], overrides)
+    message = str(info.value)
+    assert expected in message and "P-SACPO merges the helpfulness-first SACPO model with DPO(H)" in message
+    assert "field 'trainers.p-sacpo.needs'" in message and "\n" not in message
 
 
 def test_bad_loss_name_is_a_one_line_usage_error():
@@ -320,7 +347,7 @@ def test_beta_over_lambda_sweep_expands_into_method_variants():
 
 def test_sweeping_a_method_another_needs_by_its_plain_name_is_refused_on_the_command_line(tmp_path):
     bad = run_cli("run", "--methods", "sacpo,p-sacpo", "--preset", "tiny", "--out", str(tmp_path / "r"),
-                  "--set", "trainers.sacpo.beta_over_lambda=[0.01,0.1]")
+                  "--set", "trainers.sacpo.beta_over_lambda=[0.01,0.1]", "--set", 'trainers.p-sacpo.needs=["sacpo"]')
     # p-sacpo merges one sacpo model: which variant is ambiguous, and the message says how to choose
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "cannot sweep 'sacpo' (beta_over_lambda): method 'p-sacpo' needs 'sacpo', which would be ambiguous" \
@@ -385,7 +412,8 @@ def test_variants_with_equal_settings_have_one_key_whichever_names_a_run_asks_fo
     assert _method_keys(tmp_path, ["sacpo[beta_over_lambda=0.025]"])["sacpo[beta_over_lambda=0.025]"] == both["sacpo"]
     assert _method_keys(tmp_path, ["sacpo"])["sacpo"] == both["sacpo"]
     # p-sacpo naming the variant builds on that one stage, as it does naming sacpo
-    assert _method_keys(tmp_path, ["p-sacpo"], [PIN])["p-sacpo"] == _method_keys(tmp_path, ["p-sacpo"])["p-sacpo"]
+    assert _method_keys(tmp_path, ["p-sacpo"], [PIN])["p-sacpo"] == \
+        _method_keys(tmp_path, ["p-sacpo"], ['trainers.p-sacpo.needs=["sacpo"]'])["p-sacpo"]
 
 
 # --- end to end --------------------------------------------------------------------------------
@@ -454,7 +482,7 @@ def test_methods_with_equal_settings_train_once_and_both_are_reported(tiny_sacpo
     assert not {"sacpo", "sacpo[beta_over_lambda=0.025]", "p-sacpo", "p-sacpo[q=0.75]"} & set(trained)
     stages = [d.name.rsplit("-", 1)[0] for d in (run_dir / "stages").iterdir()]  # NAME-KEY, brackets as '-'
     assert sorted(n for n in stages if "sacpo" in n and not n.startswith("generate")
-                  and not n.startswith("score")) == ["p-sacpo", "p-sacpo-q-0.5-", "sacpo"]
+                  and not n.startswith("score")) == ["p-sacpo", "p-sacpo-q-0.5-", "sacpo", "sacpo-beta_over_lambda-0.01-"]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     entries = manifest["methods"]

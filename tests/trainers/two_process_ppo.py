@@ -24,8 +24,7 @@ def main(models: Path, out: Path) -> None:
     state = PartialState(cpu=True)
     paths = {"policy": models / "policy", "reward": models / "reward", "cost": models / "cost"}
     ctx = ppo_fixtures.make_context(paths, out, n_prompts=16)
-    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "prompt_batch_size": 4,
-                                                  "train_batch_size": 2})
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "micro_batch_size": 2})
     captured = {}
     original = ppo.PPOTrainer.save_policy
 
