@@ -220,7 +220,7 @@ def test_ptx_shares_the_actors_optimizer_step(checkpoints):
     ptx = [modeling.encode_pair(trainer.tokenizer, modeling.format_prompt(trainer.tokenizer, r["prompt"], "plain"),
                                 r["response"], 64) for r in data.sft[:8]]
     params = [p for p in trainer.actor.parameters() if p.requires_grad]
-    combined = 0.5 * trainer._micro_losses(exp, slice(0, 8))["actor_loss"] + 0.5 * 2.0 * trainer._ptx_loss(ptx)
+    combined = 0.5 * trainer._micro_losses(exp, slice(0, 8))[0]["actor_loss"] + 0.5 * 2.0 * trainer._ptx_loss(ptx)
     expected = torch.autograd.grad(combined, params)
     taken = []
     step = trainer.actor_optimizer.step
@@ -251,7 +251,7 @@ def test_the_micro_batch_size_changes_memory_not_the_step(checkpoints):
     for micro in (8, 3):  # one pass, or passes of 3, 3 and 2 rollouts
         trainer.recipe = recipe.model_copy(update={"micro_batch_size": micro})
         trainer._accumulate_step(exp, 0, 8, [], 1.0, 1.0, {"actor_loss": 0.0, "reward_critic_loss": 0.0,
-                                                           "cost_critic_loss": 0.0})
+                                                           "cost_critic_loss": 0.0}, {})
         gradients.append([p.grad.clone() for p in params])
         for p in params:
             p.grad = None
