@@ -189,3 +189,11 @@ def test_method_list_keeps_commas_inside_a_variant():
 
     assert _methods("sft, sacpo[beta_over_lambda=0.01,lr=1e-4],dpo-h") == [
         "sft", "sacpo[beta_over_lambda=0.01,lr=1e-4]", "dpo-h"]
+
+
+def test_an_optional_list_field_takes_a_list_and_is_not_a_sweep():
+    config, recipes = resolve("trainers.ppo-lag.rl_prompt_kinds=[harmful]", methods=["sft", "ppo-lag"])
+    assert config.methods == ["sft", "ppo-lag"]
+    assert recipes["ppo-lag"].rl_prompt_kinds == ["harmful"]
+    config, recipes = resolve("trainers.ppo-lag.rl_prompt_kinds=null", methods=["sft", "ppo-lag"])
+    assert recipes["ppo-lag"].rl_prompt_kinds is None
