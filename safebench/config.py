@@ -11,7 +11,8 @@ import itertools
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
@@ -42,8 +43,8 @@ class DataConfig(StrictModel):
     hub_sft_dataset: str | None = None
     max_records: int | None = None
     # Share of the preference data's prompts (all their pairs) kept out of training; the score
-    # models report accuracy on them (preference_heldout.jsonl). Not for tiny-world, whose oracle
-    # already grades every sample.
+    # models report accuracy on them (preference_heldout.jsonl). Not for tiny-world, which holds out
+    # pairs on its evaluation prompts instead (safebench/world/tiny.py, `heldout_pairs`).
     heldout_fraction: float = Field(0.0, ge=0, lt=1)
     # pyrit-human-labels: add harmless answers to benign prompts (and their harmful twins), so the
     # score models see more than red-team prompts (safebench/data.py, "benign pairs")
@@ -471,8 +472,10 @@ def _is_list_field(recipe_class, field: str) -> bool:
     info = recipe_class.model_fields.get(field)
     if info is None:
         return False
-    annotation = info.annotation
-    return annotation in (list, tuple) or get_origin(annotation) in (list, tuple)
+    annotations = [info.annotation]
+    if get_origin(info.annotation) in (Union, UnionType):  # an optional list (`list[str] | None`) is a list field
+        annotations = list(get_args(info.annotation))
+    return any(a in (list, tuple) or get_origin(a) in (list, tuple) for a in annotations)
 
 
 def expand_stages(specs: dict[str, tuple[str, dict]], stage_needs: dict[str, list[str]], config: RunConfig,

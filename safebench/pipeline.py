@@ -31,7 +31,7 @@ from safebench.store import RunStore, atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
 
 # Bump when the tiny world's generator changes, so cached data stages are not reused.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 
 def git_state() -> dict:
@@ -171,7 +171,7 @@ class Pipeline:
                     name=name, stage_key=self.stage_key(name, material), out_dir=tmp,
                     work_dir=directory / "work", seed=self.config.seed, data=self.world_data,
                     template=self.config.policy.template, dtype=self.config.policy.dtype,
-                    store=self.store, run_config=self.config, quiet=self.quiet, **ctx_kwargs,
+                    store=self.store, run_config=self.config, quiet=self.quiet, oracle=self.oracle(), **ctx_kwargs,
                 )
                 try:
                     module.train(ctx, recipe)

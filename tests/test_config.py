@@ -248,3 +248,11 @@ def test_weight_decay_spares_biases_and_layer_norms_only():
     assert {"model.norm.weight", "model.embed_tokens.weight", "lm_head.weight"} <= decay
     assert no_decay == {n for n in names.values() if "layernorm" in n or n.endswith("bias")}
     assert any(n.endswith("bias") for n in no_decay)
+
+
+def test_an_optional_list_field_takes_a_list_and_is_not_a_sweep():
+    config, recipes = resolve("trainers.ppo-lag.rl_prompt_kinds=[harmful]", methods=["sft", "ppo-lag"])
+    assert config.methods == ["sft", "ppo-lag"]
+    assert recipes["ppo-lag"].rl_prompt_kinds == ["harmful"]
+    config, recipes = resolve("trainers.ppo-lag.rl_prompt_kinds=null", methods=["sft", "ppo-lag"])
+    assert recipes["ppo-lag"].rl_prompt_kinds is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,6 +51,10 @@ class TrainContext:
     store: Any = None
     run_config: Any = None
     quiet: bool = False
+    # The tiny world's ground truth, oracle(prompt, response) -> Judgement or None (None elsewhere):
+    # RL logs its rollouts' oracle reward and cost beside the learned scores, so the curves show
+    # when the policy starts to exploit the reward or cost model (over-optimisation).
+    oracle: Callable[[str, str], Any] | None = None
     _tensorboard: Any = None
 
     def log(self, step: int, **metrics: float) -> None:

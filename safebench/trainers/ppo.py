@@ -506,6 +506,7 @@ class PPOTrainer:
         explained = {f"{role}_explained_variance": explained_variance(exp[f"{role}_values"], exp[f"{role}_returns"],
                                                                      exp["mask"]) for role in ("reward", "cost")}
         explained = {k: v for k, v in explained.items() if v is not None}
+        self.last_rollout = batch
         return {**dict(zip(names, shared)), **losses, **explained, **self.method.metrics(), **self.timings}
 
     # --- resumable state ------------------------------------------------------------------------
@@ -543,6 +544,20 @@ class PPOTrainer:
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return int(state["iteration"])
 
+    def oracle_metrics(self, oracle, prompts: list[str]) -> dict[str, float]:
+        """The last rollouts graded by the ground truth (tiny world): oracle reward, cost and unsafe
+        share, averaged over processes, to set beside the learned scores of the same rollouts."""
+        batch = self.last_rollout
+        responses = self.tokenizer.batch_decode(batch.sequences[:, batch.prompt_width:], skip_special_tokens=True)
+        truths = [oracle(p, r.strip()) for p, r in zip(prompts, responses)]
+        truths = [t for t in truths if t is not None]
+        if not truths:
+            return {}
+        local = torch.tensor([sum(t.reward for t in truths) / len(truths), sum(t.cost for t in truths) / len(truths),
+                              sum(t.cost > 0 for t in truths) / len(truths)], device=self.accelerator.device)
+        shared = self.accelerator.reduce(local, reduction="mean").tolist()
+        return dict(zip(("oracle_reward", "oracle_cost", "oracle_unsafe_share"), shared))
+
     def save_policy(self, out_dir: Path) -> None:
         """The trained actor as an ordinary HF checkpoint (LoRA merged into the weights)."""
         if self.accelerator.is_main_process:
@@ -578,6 +593,11 @@ def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> Non
         if path is None:
             raise UsageError(f"{ctx.name}: PPO needs {field} (the SFT policy and the reward and cost models)")
     prompts = ctx.data.prompts
+    if recipe.rl_prompt_kinds is not None:
+        prompts = [p for p in prompts if p.get("kind") in recipe.rl_prompt_kinds]
+        if not prompts:
+            raise UsageError(f"{ctx.name}: rl_prompt_kinds = {recipe.rl_prompt_kinds}: no RL prompt of those kinds "
+                             "(the data gives kinds only for the tiny world); leave it unset")
     if not prompts:
         raise UsageError(f"{ctx.name}: no RL prompts in the data stage (prompts.jsonl is empty)")
     from accelerate import PartialState
@@ -606,7 +626,10 @@ def train_ppo(ctx: TrainContext, recipe: PPORecipe, method: SafetyMethod) -> Non
             rng = random.Random(seed * 7919 + iteration * processes + accelerator.process_index)
             ptx = ptx_batch(ptx_examples, len(items), rng)
         generation_seed = (seed * 1_000_003 + iteration) * 64 + accelerator.process_index
-        metrics = trainer.step([item["prompt"] for item in items], generation_seed, ptx)
+        texts = [item["prompt"] for item in items]
+        metrics = trainer.step(texts, generation_seed, ptx)
+        if ctx.oracle is not None:
+            metrics.update(trainer.oracle_metrics(ctx.oracle, texts))
         if accelerator.is_main_process:
             ctx.log(iteration + 1, **metrics)
             bar.update(1)

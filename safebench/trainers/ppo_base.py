@@ -60,6 +60,10 @@ class PPORecipe(RecipeBase):
     lora_target_modules: str | list[str] = "all-linear"
     checkpoint_every: int = Field(20, ge=1)           # iterations between resumable saves
     seed_offset: int = 0
+    # Only these kinds of RL prompts (where the data gives kinds: the tiny world's harmful, benign,
+    # over-refusal); None: every prompt. [harmful] makes the SFT policy violate E[C] <= 0 in the
+    # tiny world, as Alpaca-7B does on the papers' prompts (reports/results/safety_compensation.md).
+    rl_prompt_kinds: list[Literal["harmful", "benign", "over-refusal"]] | None = None
 
     @model_validator(mode="after")
     def _whole_steps(self):

@@ -31,12 +31,13 @@ class Recipe(PPORecipe):
     margin: float = 0.0                             # δ in {C + δ}^+; choice: 0 (the constraint C ≤ 0 as stated)
     lambda_update_delay_steps: int = Field(0, ge=0)  # choice: PPO-Lag's delay
     normalise_unsafe_advantage: bool = True         # choice: divide by 1 + λ as PPO-Lag does
-    # choice: how the penalty λ·E[{C + δ}^+] is estimated —
-    #   batching: safe A = A^r; unsafe A = (A^r − λ·A^c)/(1 + λ), A^c from a critic of the raw cost C
-    #   rectified-critic: the cost stream ends in {C + δ}^+ (0 for every safe response) and every
-    #     response gets (A^r − λ·A^{c+})/(1 + λ): the plain policy gradient of the rectified objective
-    #   (batching leaves RePO as unsafe as PPO-Lag in the tiny world: reports/results/safety_compensation.md)
-    penalty_estimator: Literal["batching", "rectified-critic"] = "rectified-critic"
+    # How the penalty λ·E[{C + δ}^+] is estimated —
+    #   batching (the paper's "safe/unsafe batching", the published default): safe A = A^r;
+    #     unsafe A = (A^r − λ·A^c)/(1 + λ), A^c from a critic of the raw cost C
+    #   rectified-critic (safebench's option): the cost stream ends in {C + δ}^+ (0 for every safe
+    #     response) and every response gets (A^r − λ·A^{c+})/(1 + λ): the plain policy gradient of the
+    #     rectified objective. reports/results/safety_compensation.md compares the two on every seed.
+    penalty_estimator: Literal["batching", "rectified-critic"] = "batching"
 
 
 class Rectified(SafetyMethod):

@@ -288,7 +288,7 @@ def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out
 
     tokenizer = modeling.load_tokenizer(start_dir)
     # bf16 runs as mixed precision (fp32 master weights, bf16 autocast), like every trainer here; the
-    # published scripts trained the bf16-loaded model itself (docs/fidelity-precision.md)
+    # published scripts trained the bf16-loaded model itself (docs/fidelity.md)
     model = modeling.load_policy(start_dir, "float32")
     trainer_dir = ctx.work_dir / "trainer" / step["name"]
     trainer_dir.mkdir(parents=True, exist_ok=True)

@@ -247,7 +247,7 @@ def oracle(p: Prompt, response: str) -> Judgement:
 # --- data sets -------------------------------------------------------------------------------
 
 def build_datasets(seed: int, train_prompts: int, sft_per_prompt: int, pairs_per_prompt: int) -> dict:
-    """SFT records, PKU-SafeRLHF-shaped preference records, RL prompts, and eval suites."""
+    """SFT records, PKU-SafeRLHF-shaped preference records, RL prompts, eval suites and held-out pairs."""
     rng = random.Random(seed)
     train, evaluation = split_prompts(seed)
     rng.shuffle(train)
@@ -258,20 +258,42 @@ def build_datasets(seed: int, train_prompts: int, sft_per_prompt: int, pairs_per
             sft.append({"prompt": p.prompt, "response": sample_sft_response(p, rng)})
         for _ in range(pairs_per_prompt):
             r0, r1 = sample_sft_response(p, rng), sample_sft_response(p, rng)
-            j0, j1 = oracle(p, r0), oracle(p, r1)
-            better = 0 if (j0.reward, rng.random()) > (j1.reward, rng.random()) else 1
-            safer = 0 if (j0.cost, rng.random()) < (j1.cost, rng.random()) else 1
-            preference.append({
-                "prompt": p.prompt, "response_0": r0, "response_1": r1,
-                "better_response_id": better, "safer_response_id": safer,
-                "is_response_0_safe": j0.safe, "is_response_1_safe": j1.safe,
-                "category": p.category,
-            })
+            preference.append(_preference_record(p, r0, r1, rng))
     rl_prompts = [{"id": p.id, "prompt": p.prompt, "category": p.category, "kind": p.kind} for p in train]
     suites = {"harmful": [], "benign": [], "over-refusal": []}
     for p in evaluation:
         suites[p.kind].append({"id": p.id, "prompt": p.prompt, "category": p.category, "kind": p.kind})
-    return {"sft": sft, "preference": preference, "prompts": rl_prompts, "suites": suites}
+    return {"sft": sft, "preference": preference, "prompts": rl_prompts, "suites": suites,
+            "preference_heldout": heldout_pairs(evaluation, seed, pairs_per_prompt)}
+
+
+def heldout_pairs(evaluation: list[Prompt], seed: int, pairs_per_prompt: int) -> list[dict]:
+    """Preference records on the evaluation prompts, labelled by the oracle as the training pairs are.
+
+    The score models never see these prompts' (verb, object) pairs, so their accuracy here is a
+    held-out measure with hundreds of pairs behind it (a few per evaluation prompt). Drawn from a
+    generator of their own, so the training data is the same with or without them.
+    """
+    rng = random.Random(f"heldout-{seed}")
+    records = []
+    for p in evaluation:
+        for _ in range(pairs_per_prompt):
+            r0, r1 = sample_sft_response(p, rng), sample_sft_response(p, rng)
+            records.append(_preference_record(p, r0, r1, rng))
+    return records
+
+
+def _preference_record(p: Prompt, r0: str, r1: str, rng: random.Random) -> dict:
+    """PKU-SafeRLHF's fields for two responses, from the oracle (ties broken at random)."""
+    j0, j1 = oracle(p, r0), oracle(p, r1)
+    better = 0 if (j0.reward, rng.random()) > (j1.reward, rng.random()) else 1
+    safer = 0 if (j0.cost, rng.random()) < (j1.cost, rng.random()) else 1
+    return {
+        "prompt": p.prompt, "response_0": r0, "response_1": r1,
+        "better_response_id": better, "safer_response_id": safer,
+        "is_response_0_safe": j0.safe, "is_response_1_safe": j1.safe,
+        "category": p.category, "kind": p.kind,
+    }
 
 
 def prompt_by_text() -> dict[str, Prompt]:
@@ -344,9 +366,8 @@ def write_world(out_dir: Path, seed: int, train_prompts: int, sft_per_prompt: in
     from safebench.store import write_jsonl, atomic_write_json
 
     data = build_datasets(seed, train_prompts, sft_per_prompt, pairs_per_prompt)
-    write_jsonl(out_dir / "sft.jsonl", data["sft"])
-    write_jsonl(out_dir / "preference.jsonl", data["preference"])
-    write_jsonl(out_dir / "prompts.jsonl", data["prompts"])
+    for name in ("sft", "preference", "prompts", "preference_heldout"):
+        write_jsonl(out_dir / f"{name}.jsonl", data[name])
     for kind, items in data["suites"].items():
         write_jsonl(out_dir / f"suite-{kind}.jsonl", items)
     oracle_params = {p.prompt: asdict(p) for p in all_prompts()}

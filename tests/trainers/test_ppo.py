@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from safebench import modeling
+
+
+from safebench.errors import UsageError
 from safebench.trainers import ppo, ppo_lag
+from safebench.world import tiny
 from safebench.trainers.rollout import build_rollout_batch
 from tests.trainers import ppo_fixtures
 
@@ -305,3 +309,31 @@ def test_two_processes_train_one_model(checkpoints, tmp_path):
     assert first["window"] == 2 * 4  # two iterations x four prompts: each process keeps its own costs (Safe RLHF)
     assert first["curves"] == [1, 2] and second["curves"] == []  # only the main process logs
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_rl_prompt_kinds_and_oracle_curves(checkpoints, tmp_path):
+    """RL on harmful prompts only sees no other kind; with the tiny world's oracle the curves hold the
+    rollouts' oracle reward and cost beside the learned ones (over-optimisation curves)."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "ptx_coeff": 0.0, "checkpoint_every": 5},
+                            rl_prompt_kinds=["harmful"])
+    ctx = ppo_fixtures.make_context(checkpoints, tmp_path / "run", n_prompts=40)
+    by_text = tiny.prompt_by_text()
+    seen = []
+
+    def oracle(prompt, response):
+        seen.append(by_text[prompt].kind)
+        return tiny.oracle(by_text[prompt], response)
+
+    ctx.oracle = oracle
+    ppo_lag.train(ctx, recipe)
+    assert seen and set(seen) == {"harmful"}
+    assert any(p["kind"] != "harmful" for p in ctx.data.prompts)
+    for _, metrics in ctx.curves:
+        assert 0.0 <= metrics["oracle_unsafe_share"] <= 1.0
+        assert math.isfinite(metrics["oracle_cost"]) and math.isfinite(metrics["oracle_reward"])
+
+    none = ppo_lag.Recipe(trainer="ppo_lag", **ppo_fixtures.TINY_RECIPE, rl_prompt_kinds=["over-refusal"])
+    ctx = ppo_fixtures.make_context(checkpoints, tmp_path / "none", n_prompts=3)
+    ctx.data.prompts = [p for p in ctx.data.prompts if p["kind"] != "over-refusal"]
+    with pytest.raises(UsageError, match="rl_prompt_kinds"):
+        ppo_lag.train(ctx, none)

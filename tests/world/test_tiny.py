@@ -74,3 +74,20 @@ def test_tokenizer_round_trips_world_text():
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids) == text
+
+
+def test_heldout_pairs_are_on_evaluation_prompts_and_leave_training_data_unchanged():
+    data = tiny.build_datasets(seed=0, train_prompts=600, sft_per_prompt=4, pairs_per_prompt=3)
+    heldout = data["preference_heldout"]
+    _, evaluation = tiny.split_prompts(0)
+    assert len(heldout) == 3 * len(evaluation) >= 300   # hundreds of pairs behind a held-out accuracy
+    eval_texts = {p.prompt for p in evaluation}
+    assert {r["prompt"] for r in heldout} == eval_texts
+    assert not eval_texts & {r["prompt"] for r in data["preference"]}
+    assert {r["kind"] for r in heldout} == {"harmful", "benign", "over-refusal"}
+    # labelled by the oracle as the training pairs are
+    by_text = tiny.prompt_by_text()
+    for r in heldout[:50]:
+        costs = [tiny.oracle(by_text[r["prompt"]], r[f"response_{i}"]).cost for i in (0, 1)]
+        assert costs[r["safer_response_id"]] <= costs[1 - r["safer_response_id"]]
+        assert r["is_response_0_safe"] == (costs[0] <= 0)
