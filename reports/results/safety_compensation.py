@@ -39,6 +39,9 @@ METHODS = {
     "repo (batching)": "repo",
     "repo (rectified-critic)": "repo[penalty_estimator=rectified-critic]",
     f"ppo-lag (λ fixed at {FIXED_LAMBDA:g})": f"ppo-lag[lambda_init={FIXED_LAMBDA:g},lambda_lr=0]",
+    # a stricter average constraint: binds at SFT on every selection seed, and a point of the
+    # safety-vs-helpfulness frontier
+    "ppo-lag (d = −1)": "ppo-lag[threshold=-1]",
 }
 SLACK_METHODS = {"sft": "sft", "ppo-lag": "ppo-lag", "repo (batching)": "repo"}
 UPSTREAM = ("data", "base", "sft", "reward-model", "cost-model")
