@@ -129,7 +129,8 @@ def run_metrics(directory: Path, methods: dict[str, str]) -> dict:
                 entry["curves"] = {k: curves[k] for k in ("cost", "oracle_cost", "reward", "oracle_reward", "lambda",
                                                           "windowed_cost", "unsafe_share", "oracle_unsafe_share")
                                    if k in curves}
-                entry["final_lambda"] = curves["lambda"][-1]
+                if "lambda" in curves:
+                    entry["final_lambda"] = curves["lambda"][-1]
             out["methods"][name] = entry
         for role in ("reward-model", "cost-model"):
             curves = _curves(db, role)
@@ -264,7 +265,8 @@ def report(root: Path) -> None:
     for condition, methods in conditions.items():
         per_seed = {}
         for directory in sorted(root.glob(f"{condition}-seed-*")):
-            if (directory / "manifest.json").exists():
+            manifest = directory / "manifest.json"
+            if manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete":
                 per_seed[int(directory.name.rsplit("-", 1)[1])] = run_metrics(directory, methods)
         if not per_seed:
             continue
