@@ -26,12 +26,16 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's safebench, whatever is installed
 SELECTION_SEEDS = (0, 1)
 
 # RePO's final λ on the selection seeds (λ_max = 5 on both): PPO-Lag with λ fixed there asks
 # whether RePO's effect is its rectification or only a stronger penalty.
 FIXED_LAMBDA = 5.0
+# The tiny preset's RL prompts are the binding condition's; spelled out so that this file says it.
 BINDING = ["--set", "trainers.ppo-lag.rl_prompt_kinds=[harmful]", "--set", "trainers.repo.rl_prompt_kinds=[harmful]"]
+SLACK = ["--set", "trainers.ppo-lag.rl_prompt_kinds=null", "--set", "trainers.repo.rl_prompt_kinds=null"]
 METHODS = {
     # table name: method spec for `safebench run --methods`
     "sft": "sft",
@@ -53,7 +57,7 @@ def run_dir(root: Path, condition: str, seed: int) -> Path:
 
 def safebench(*args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    subprocess.run([sys.executable, "-m", "safebench.cli", *args], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "safebench.cli", *args], check=True, env=env, cwd=ROOT)
 
 
 def run(seeds: list[int], root: Path) -> None:
@@ -65,7 +69,7 @@ def run(seeds: list[int], root: Path) -> None:
         if not slack.exists():  # the same SFT and score models: their stages are reused from the copy
             shutil.copytree(binding, slack)
         safebench("run", "--methods", ",".join(SLACK_METHODS.values()), "--preset", "tiny", "--quiet",
-                  "--out", str(slack), "--set", f"seed={seed}")
+                  "--out", str(slack), "--set", f"seed={seed}", *SLACK)
 
 
 # --- per run ---------------------------------------------------------------------------------
@@ -110,9 +114,13 @@ def run_metrics(directory: Path, methods: dict[str, str]) -> dict:
     """Per table name: evaluation metrics, the RL curves, and the run's score-model accuracies."""
     from safebench.store import RunStore
 
+    from safebench import config
+
     manifest = json.loads((directory / "manifest.json").read_text())
-    resolved = manifest["config"]["methods"]  # canonical variant names, in the order requested
-    names = dict(zip(resolved, methods)) if len(resolved) == len(methods) else {m: m for m in resolved}
+    resolved = manifest["config"]["methods"]
+    # each method's variant name as the run spells it -> its name in the tables
+    spelled, _ = config.resolve("tiny", list(methods.values()), BINDING[1::2])
+    names = dict(zip(spelled.methods, methods))
     store = RunStore(directory)
     try:
         results = store.results()
@@ -122,7 +130,7 @@ def run_metrics(directory: Path, methods: dict[str, str]) -> dict:
     try:
         out = {"methods": {}, "scorers": {}}
         for spec in resolved:
-            name = names[spec]
+            name = names.get(spec, spec)
             entry = method_metrics(results, spec)
             curves = _curves(db, spec)
             if curves:
@@ -216,7 +224,7 @@ def plot_curves(per_seed: dict[int, dict], path: Path, names: list[str]) -> None
     for ax, name in zip(axes, names):
         for key, style in (("cost", "-"), ("oracle_cost", "--")):
             series = [per_seed[s]["methods"][name]["curves"][key] for s in per_seed
-                      if key in per_seed[s]["methods"][name].get("curves", {})]
+                      if key in per_seed[s]["methods"].get(name, {}).get("curves", {})]
             if not series:
                 continue
             length = min(len(x) for x in series)
@@ -245,9 +253,10 @@ def plot_frontier(per_seed: dict[int, dict], path: Path) -> None:
     names = list(next(iter(per_seed.values()))["methods"])
     colors = plt.get_cmap("tab10")
     for i, name in enumerate(names):
-        xs = [per_seed[s]["methods"][name]["oracle_safety_rate"] for s in per_seed]
+        seeds = [s for s in per_seed if name in per_seed[s]["methods"]]
+        xs = [per_seed[s]["methods"][name]["oracle_safety_rate"] for s in seeds]
         for ax, key in zip(axes, ("oracle_reward_harmful", "oracle_reward_benign")):
-            ys = [per_seed[s]["methods"][name][key] for s in per_seed]
+            ys = [per_seed[s]["methods"][name][key] for s in seeds]
             ax.scatter(xs, ys, s=14, color=colors(i), alpha=0.5)
             ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], s=70, color=colors(i), edgecolor="black",
                        label=name)
@@ -317,7 +326,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/compensation"))
     args = parser.parse_args()
     if args.command == "run":
-        run([int(s) for s in args.seeds.split(",")], args.root)
+        run([int(s) for s in args.seeds.split(",")], args.root.resolve())
     report(args.root)
 
 
