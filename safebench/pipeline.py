@@ -25,6 +25,7 @@ from safebench.errors import UsageError
 from safebench.evals import suites as suites_module
 from safebench.evals.generation import GenerationConfig, run_generation
 from safebench.hashing import sha256_dir, sha256_file, stable_hash
+from safebench.runlock import run_lock
 from safebench.store import RunStore, atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
 
@@ -424,11 +425,12 @@ class Pipeline:
 
 def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
                  request: dict | None = None) -> dict:
-    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request)
-    try:
-        manifest = pipeline.run()
-    finally:
-        pipeline.store.close()
+    with run_lock(run_dir):
+        pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request)
+        try:
+            manifest = pipeline.run()
+        finally:
+            pipeline.store.close()
     manifest["_executed"], manifest["_skipped"] = pipeline.executed, pipeline.skipped
     return manifest
 

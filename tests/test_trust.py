@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import run_cli
+from safebench.errors import UsageError
+from safebench.runlock import run_lock
+from tests.helpers import ROOT, run_cli
 from tests.trainers.test_resume_state import Payload
 
 RUN_SFT = ("run", "--methods", "sft", "--preset", "tiny", "--quiet")
@@ -36,3 +44,51 @@ def test_a_resumed_run_does_not_execute_a_planted_pickle(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[run ] sft" in result.stderr and "starting this stage over" in result.stderr
     assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
+
+
+def _holder_pid(lock: Path) -> int | None:
+    try:
+        return json.loads(lock.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.mark.slow
+def test_a_second_command_on_a_busy_run_directory_exits_2_naming_the_first(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "safebench.cli", *RUN_SFT, "--out", str(out)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (_holder_pid(out / ".lock") == first.pid and (out / "manifest.json").exists()):
+            assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+            time.sleep(0.05)
+        for command in (RUN_SFT + ("--out", str(out)), ("score", str(out)), ("judge", str(out))):
+            second = run_cli(*command)
+            assert second.returncode == 2, (command, second.stderr[-2000:])
+            (line,) = second.stderr.strip().splitlines()
+            assert f"pid {first.pid}" in line and "in use by another safebench process" in line
+        assert first.poll() is None                       # the second command changed nothing under it
+    finally:
+        first.kill()
+        first.wait()
+    # killed with SIGKILL, it released nothing itself: the lock is taken over
+    with run_lock(out):
+        assert _holder_pid(out / ".lock") == os.getpid()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from safebench.runlock import run_lock; "
+                               "lock = run_lock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); "
+                               "time.sleep(600)", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=f"pid {holder.pid}"):
+            with run_lock(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with run_lock(tmp_path):
+        assert _holder_pid(tmp_path / ".lock") == os.getpid()

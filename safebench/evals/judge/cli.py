@@ -85,13 +85,22 @@ def register(subparsers) -> None:
 
 
 def handle_judge(args) -> int:
-    from safebench.evals.judge.config import parse_judge_config
-    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
-    from safebench.store import RunStore
+    from safebench.runlock import run_lock
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "manifest.json").is_file():
         raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
+    with run_lock(run_dir):
+        summary = _judge_run(args, run_dir)
+    print(format_summary(summary))
+    return 0
+
+
+def _judge_run(args, run_dir: Path) -> dict:
+    from safebench.evals.judge.config import parse_judge_config
+    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.store import RunStore
+
     store = RunStore(run_dir)
     try:
         manifest = store.manifest()
@@ -119,8 +128,7 @@ def handle_judge(args) -> int:
         store.update_manifest(record_judge)
     finally:
         store.close()
-    print(format_summary(summary))
-    return 0
+    return summary
 
 
 def format_summary(summary: dict) -> str:
