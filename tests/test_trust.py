@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -92,3 +93,36 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         holder.wait()
     with run_lock(tmp_path):
         assert _holder_pid(tmp_path / ".lock") == os.getpid()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a container's init may never reap an orphan)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def test_a_judge_server_dies_with_its_parent_killed_by_sigkill(tmp_path):
+    """The tiny-oracle judge server runs in its own session; its parent killed with SIGKILL (no
+    cleanup at all) still takes it down."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import time; from safebench.evals.judge.tiny_oracle_judge import "
+         "serving_tiny_oracle_judge as s\nwith s() as server:\n    print(server.process.pid, flush=True)\n"
+         "    time.sleep(600)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert _alive(server_pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 60
+    while _alive(server_pid) and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        assert not _alive(server_pid), "the judge server outlived its killed parent"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server_pid, signal.SIGKILL)
