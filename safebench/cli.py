@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=cmd_score)
 
+    check_run = sub.add_parser("verify", help="check a run's checkpoints, rows and database against their records "
+                                              "(exit 0 ok, 1 mismatch, 2 bad input)")
+    check_run.add_argument("run", type=Path)
+    check_run.set_defaults(handler=lambda args: importlib.import_module("safebench.verify").cmd_verify(args))
+
     listing = sub.add_parser("list", help="list methods, suites or presets")
     listing.add_argument("what", choices=["methods", "suites", "presets"])
     listing.set_defaults(handler=cmd_list)

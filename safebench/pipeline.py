@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, registry, threads
+from safebench import __version__, data as data_module, registry, threads, verify
 from safebench.config import RunConfig
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
 from safebench.evals.generation import GenerationConfig, run_generation
 from safebench.hashing import sha256_dir, sha256_file, stable_hash
 from safebench.runlock import run_lock
-from safebench.store import RunStore, atomic_directory, atomic_write_json
+from safebench.store import atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
 
 # Bump when the tiny world's generator changes, so cached data stages are not reused.
@@ -71,7 +71,7 @@ class Pipeline:
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.store = RunStore(self.run_dir)
+        self.store = verify.open_checked_store(self.run_dir, self.log)
         # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
         # kept when the samples it judged are unchanged (see `judge`).
         self.previous_manifest = (json.loads(self.store.manifest_path.read_text())
@@ -94,26 +94,43 @@ class Pipeline:
     def stage_key(name: str, key_material: dict) -> str:
         return stable_hash({"stage": name, **key_material})
 
-    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
+    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict],
+              counted: tuple[str, str, str] | None = None) -> tuple[str, Path]:
+        """Run `build` unless a finished stage with this key is there and its outputs match its
+        record; `counted` = (table, column, value) names the rows the stage writes (safebench/verify.py)."""
         key = self.stage_key(name, key_material)
         directory = self.store.stage_dir(name, key)
         self.manifest["stages"][name] = self.store.stage_record(name, key)
         if self.store.stage_done(name, key):
-            self.log(f"[skip] {name} ({key}): already done")
-            self.skipped.append(name)
-            self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
-            return key, directory
+            problem = self.reuse_problem(name, key)
+            if problem is None:
+                self.log(f"[skip] {name} ({key}): already done")
+                self.skipped.append(name)
+                self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
+                return key, directory
+            self.log(f"[redo] {name} ({key}): {problem}")
+            (directory / "DONE.json").unlink()
         self.log(f"[run ] {name} ({key})")
         start = time.time()
         directory.mkdir(parents=True, exist_ok=True)
         self.store.mark_started(name, key)
         meta = build(directory) or {}
         seconds = round(time.time() - start, 3)
-        self.store.mark_done(name, key, {**meta, "seconds": seconds})
+        outputs = verify.record(directory, self.store.db, verify.checkpoint_files(meta), counted)
+        self.store.mark_done(name, key, {**meta, "seconds": seconds, "outputs": outputs})
         self.manifest["timings"][name] = seconds
         self.executed.append(name)
         self.write_manifest()
         return key, directory
+
+    def reuse_problem(self, name: str, key: str) -> str | None:
+        """What is wrong with a finished stage's outputs, in one line; None when they match its record."""
+        try:
+            meta = self.store.stage_meta(name, key)
+        except (OSError, ValueError) as exc:
+            return f"its DONE.json cannot be read ({exc})"
+        found = verify.problems(self.store.stage_dir(name, key), self.store.db, verify.recorded_outputs(meta))
+        return "; ".join(found) if found else None
 
     def write_manifest(self) -> None:
         atomic_write_json(self.store.manifest_path, self.manifest)
@@ -219,10 +236,17 @@ class Pipeline:
 
         self.evaluate(method_keys, method_dirs, scorer_keys, scorer_dirs)
         self.judge()
-        self.report()
-        self.manifest["status"] = "complete"
+        status = "incomplete" if self.judge_failure() else "complete"
+        self.report(status)
+        # Last, after every report file: a run killed before this line never says "complete".
+        self.manifest["status"] = status
         self.write_manifest()
         return self.manifest
+
+    def judge_failure(self) -> str | None:
+        from safebench.reports import judge_failure
+
+        return judge_failure(self.manifest)
 
     def pretrained_scorer(self, name: str, pretrained: str) -> tuple[str, Path]:
         """A published reward/cost model used as is; local files are pinned by their sha256."""
@@ -307,7 +331,8 @@ class Pipeline:
                                               generation, template, progress=not self.quiet)
                         return {"rows_written": rows}
 
-                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate)
+                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate,
+                               counted=("samples", "gen_key", gen_key))
 
                     def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
                         for role in ("reward-model", "cost-model"):
@@ -316,7 +341,8 @@ class Pipeline:
                                                        self.config.policy.dtype)
                         return self.score_samples(scorers, oracle, gen_key, score_key)
 
-                    self.stage(f"score:{method}:{suite_name}", score_material, score)
+                    self.stage(f"score:{method}:{suite_name}", score_material, score,
+                               counted=("scores", "score_key", score_key))
                 self.manifest["evaluations"].append({
                     "method": method, "suite": suite_name, "kind": suite.kind, "gen_key": gen_key,
                     "score_key": score_key, "gen_config_hash": generation.settings_hash(),
@@ -406,20 +432,15 @@ class Pipeline:
                      "rerun to resume")
         self.write_manifest()
 
-    def report(self) -> None:
-        """summary.md always; the full HTML/Markdown report when the reports package is present."""
+    def report(self, status: str) -> None:
+        """summary.md and the HTML/Markdown report, showing `status` (recorded once they are written)."""
         start = time.time()
         from safebench import summary
+        from safebench.reports import write_reports
 
-        self.manifest["status"] = "complete"
         self.write_manifest()
         self.summary = summary.write_summary(self.store)
-        try:
-            from safebench.reports import write_reports
-        except ImportError:
-            write_reports = None
-        if write_reports is not None:
-            write_reports([self.run_dir])
+        write_reports([self.run_dir], status=status)
         self.manifest["timings"]["report"] = round(time.time() - start, 3)
 
 
@@ -431,6 +452,9 @@ def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = 
             manifest = pipeline.run()
         finally:
             pipeline.store.close()
+    if manifest["status"] != "complete":
+        raise EndpointFailed(f"{run_dir}: {pipeline.judge_failure()} (see report.md); rerun the same command "
+                             "to retry them")
     manifest["_executed"], manifest["_skipped"] = pipeline.executed, pipeline.skipped
     return manifest
 

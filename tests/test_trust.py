@@ -126,3 +126,87 @@ def test_a_judge_server_dies_with_its_parent_killed_by_sigkill(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server_pid, signal.SIGKILL)
+
+
+def test_complete_is_written_after_the_report(tiny_run, tmp_path, monkeypatch):
+    """Killed while the report is written, a rerun leaves a manifest that does not say complete."""
+    from safebench import config as config_module, reports
+    from safebench.pipeline import run_pipeline
+
+    out = _copy(tiny_run, tmp_path)
+    seen = []
+
+    def killed_while_reporting(run_dirs, **options):
+        seen.append(json.loads((out / "manifest.json").read_text())["status"])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports, "write_reports", killed_while_reporting)
+    config, recipes = config_module.resolve("tiny", ["sft"], [])
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, recipes, out, quiet=True)
+    assert seen == ["running"]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+
+
+@pytest.mark.slow
+def test_a_judge_that_fails_every_request_fails_the_run_and_the_judge_command(tiny_run, tmp_path):
+    """A judge endpoint where nothing listens: the run writes its report with the error count,
+    is not complete and exits 2 with one line; `safebench judge` exits 2 as well."""
+    out = _copy(tiny_run, tmp_path)
+    dead = "http://127.0.0.1:9/v1"  # the discard port: nothing answers there
+    judge = {"base_url": dead, "model": "m", "max_retries": 0, "protocols": ["harmful_verdict"], "repeats": 1,
+             "cache_path": str(tmp_path / "cache.sqlite")}
+    result = run_cli(*RUN_SFT, "--out", str(out), "--set", f"judge={json.dumps(judge)}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("safebench: error:") and "the judge failed 1536 of 1536 judgment(s)" in last
+    assert json.loads((out / "manifest.json").read_text())["status"] == "incomplete"
+    for report in ("report.md", "report.html"):
+        assert "the judge failed 1536 of 1536 judgment(s)" in (out / report).read_text()
+    assert "| incomplete |" in (out / "report.md").read_text()
+
+    again = run_cli("judge", str(out), "--no-progress", *(f"--set={k}={v}" for k, v in judge.items()
+                                                          if not isinstance(v, list)),
+                    "--set=protocols=[harmful_verdict]")
+    assert again.returncode == 2, again.stderr[-2000:]
+    assert "the judge failed 1536 of 1536 judgment(s)" in again.stderr
+
+
+def _zero_fill(path: Path) -> None:
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def _truncate(fraction: float):
+    def damage(path: Path) -> None:
+        with open(path, "r+b") as handle:
+            handle.truncate(int(path.stat().st_size * fraction))
+    return damage
+
+
+DAMAGE = {  # what is damaged, how, and the line the rerun must print
+    "zero-filled checkpoint": ("stages/sft-*/model/model.safetensors", _zero_fill,
+                               "model/model.safetensors differs from its recorded sha256"),
+    "deleted checkpoint": ("stages/sft-*/model/model.safetensors", Path.unlink, "model/model.safetensors is missing"),
+    "database truncated to 0 bytes": ("results.sqlite", _truncate(0), "results.sqlite holds 0 of its"),
+    "database truncated to half": ("results.sqlite", _truncate(0.5), "[redo] results.sqlite: "),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_outputs_are_found_and_redone(tiny_run, tmp_path, case):
+    """`safebench verify` finds the damage (exit 1); the rerun redoes what it touched, says why in
+    one line, and ends with the numbers of the undamaged run."""
+    pattern, damage, said = DAMAGE[case]
+    out = _copy(tiny_run, tmp_path)
+    assert run_cli("verify", str(out)).returncode == 0
+    (target,) = out.glob(pattern)
+    damage(target)
+    found = run_cli("verify", str(out))
+    assert found.returncode == 1 and "MISMATCH" in found.stdout, found.stdout + found.stderr
+    result = run_cli(*RUN_SFT, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    redo = [line for line in result.stderr.splitlines() if line.startswith("[redo]")]
+    assert redo and any(said in line for line in redo), result.stderr[-2000:]
+    assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
+    assert run_cli("verify", str(out)).returncode == 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 
 
 def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -> dict:
@@ -85,6 +85,7 @@ def register(subparsers) -> None:
 
 
 def handle_judge(args) -> int:
+    from safebench.reports import judge_failure
     from safebench.runlock import run_lock
 
     run_dir = Path(args.run_dir)
@@ -93,6 +94,9 @@ def handle_judge(args) -> int:
     with run_lock(run_dir):
         summary = _judge_run(args, run_dir)
     print(format_summary(summary))
+    failure = judge_failure({"judge": summary})
+    if failure:
+        raise EndpointFailed(f"{run_dir}: {failure}; rerun the same command to retry them")
     return 0
 
 
