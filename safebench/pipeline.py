@@ -74,8 +74,7 @@ class Pipeline:
         self.store = verify.open_checked_store(self.run_dir, self.log)
         # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
         # kept when the samples it judged are unchanged (see `judge`).
-        self.previous_manifest = (json.loads(self.store.manifest_path.read_text())
-                                  if self.store.manifest_path.exists() else {})
+        self.previous_manifest = self.replaced_manifest()
         self.manifest = {
             "safebench_version": __version__, "status": "running", "preset": config.preset,
             "config": config.model_dump(mode="json"), "config_hash": config.hash(),
@@ -88,6 +87,16 @@ class Pipeline:
         self.data_dir: Path | None = None
         self.executed: list[str] = []
         self.skipped: list[str] = []
+
+    def replaced_manifest(self) -> dict:
+        """The manifest this run replaces ({} when there is none, or only a damaged one)."""
+        if not self.store.manifest_path.exists():
+            return {}
+        try:
+            return load_manifest(self.run_dir)
+        except UsageError as exc:
+            self.log(f"[note] {exc}: replaced by this run's")
+            return {}
 
     # --- the generic stage runner -------------------------------------------------------
     @staticmethod
@@ -183,6 +192,8 @@ class Pipeline:
     # --- the graph -------------------------------------------------------------------------
     def run(self) -> dict:
         config = self.config
+        for name in config.suites:  # a bad suite file stops the run before training, not after
+            suites_module.load_suite(name)
         self.write_manifest()
         data_key, self.data_dir = self.stage(
             "data", {"data": config.data.model_dump(mode="json"), "seed": config.seed, "world": WORLD_VERSION},
@@ -460,4 +471,13 @@ def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = 
 
 
 def load_manifest(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+    path = Path(run_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a safebench manifest (not JSON text: {exc}); the run directory is "
+                         "damaged, rerun `safebench run` into a fresh --out") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise UsageError(f"{path}: not a safebench manifest (no 'config' mapping); rerun `safebench run` into "
+                         "a fresh --out")
+    return manifest

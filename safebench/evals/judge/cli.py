@@ -40,13 +40,16 @@ def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -
 def _load_yaml(path: str | None) -> dict:
     if not path:
         return {}
+    from safebench.registry import load_yaml
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--config {p}: file not found")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{p}: expected a mapping of judge fields, got {type(data).__name__}")
-    return data.get("judge", data)
+    data = load_yaml(p)
+    judge = data.get("judge", data)
+    if not isinstance(judge, dict):
+        raise UsageError(f"{p}: field 'judge' = {judge!r}: expected a mapping of judge fields")
+    return judge
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
