@@ -424,10 +424,14 @@ class Pipeline:
         # The report reads only this stage's verdicts (metrics.read_judge_verdicts).
         self.manifest["stages"]["judge"] = self.store.stage_record("judge", key)
         if self.store.stage_done("judge", key):
-            self.log(f"[skip] judge ({key}): already done")
-            self.skipped.append("judge")
-            self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
-            return
+            problem = self.reuse_problem("judge", key)
+            if problem is None:
+                self.log(f"[skip] judge ({key}): already done")
+                self.skipped.append("judge")
+                self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
+                return
+            self.log(f"[redo] judge ({key}): {problem}")
+            (self.store.stage_dir("judge", key) / "DONE.json").unlink()
         self.log(f"[run ] judge ({key})")
         start = time.time()
         self.store.mark_started("judge", key)
@@ -436,8 +440,11 @@ class Pipeline:
         self.manifest["judge"] = summary
         self.manifest["timings"]["judge"] = round(time.time() - start, 3)
         if summary.get("complete"):
-            self.store.stage_dir("judge", key).mkdir(parents=True, exist_ok=True)
-            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"]})
+            directory = self.store.stage_dir("judge", key)
+            directory.mkdir(parents=True, exist_ok=True)
+            outputs = verify.record(directory, self.store.db, None, ("judge_judgments", "stage_key", key))
+            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"],
+                                                "outputs": outputs})
         else:
             self.log(f"[open] judge ({key}): {len(summary.get('not_judged', []))} judgment(s) not done; "
                      "rerun to resume")

@@ -210,3 +210,17 @@ def test_damaged_outputs_are_found_and_redone(tiny_run, tmp_path, case):
     assert redo and any(said in line for line in redo), result.stderr[-2000:]
     assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
     assert run_cli("verify", str(out)).returncode == 0
+
+
+@pytest.mark.slow
+def test_judge_verdicts_lost_with_the_database_are_judged_again(tiny_run, tmp_path):
+    out = _copy(tiny_run, tmp_path)
+    judge = ("--set", 'judge={"endpoint": "tiny-oracle", "protocols": ["harmful_verdict"], "repeats": 1, '
+                      f'"cache_path": "{tmp_path / "cache.sqlite"}"}}')
+    first = run_cli(*RUN_SFT, "--out", str(out), *judge)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (out / "results.sqlite").write_bytes(b"")
+    again = run_cli(*RUN_SFT, "--out", str(out), *judge)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
+    assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
