@@ -5,8 +5,9 @@
                      └───────────────────┘
 
 A stage's key is a hash of its own config and its inputs' keys. A finished stage has a
-DONE.json written last; rerunning skips it. Checkpoints are built in a temporary directory
-and renamed into place, so a killed stage never leaves a half-written checkpoint.
+DONE.json written last; a rerun skips it while its outputs match that record (safebench/verify.py).
+Checkpoints are built in a temporary directory and renamed into place, so a killed stage never
+leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ class Pipeline:
             lambda d: data_module.prepare(config.data, config.seed, d),
         )
         self.manifest["assets"].update(
-            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*")) if p.name != "DONE.json"}
+            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))
+             if p.name not in verify.NOT_OUTPUTS}
         )
         self.world_data = data_module.load(self.data_dir)
         base_key, base_dir = self.base_model()
