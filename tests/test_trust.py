@@ -224,3 +224,28 @@ def test_judge_verdicts_lost_with_the_database_are_judged_again(tiny_run, tmp_pa
     assert again.returncode == 0, again.stderr[-2000:]
     assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
     assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
+
+
+@pytest.mark.slow
+def test_sigkill_after_every_stage_then_rerun_gives_the_same_numbers(tiny_run, tmp_path):
+    """A run killed with SIGKILL as soon as each stage records itself done, restarted each time,
+    ends complete, verified, and with the summary of the uninterrupted run."""
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "safebench.cli", *RUN_SFT, "--out", str(out)]
+    done: set[Path] = set()
+    kills = 0
+    while True:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and not set(out.glob("stages/*/DONE.json")) - done:
+            time.sleep(0.02)
+        if process.poll() is not None:
+            break
+        process.kill()
+        process.wait()
+        kills += 1
+        done = set(out.glob("stages/*/DONE.json"))
+        assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    assert process.returncode == 0 and kills >= 10          # data, base, sft, 2 score models, 3 x (generate, score)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+    assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
+    assert run_cli("verify", str(out)).returncode == 0
