@@ -1,11 +1,15 @@
-"""safebench command line. Exit codes: 0 success, 1 a check failed (regression), 2 bad usage or input."""
+"""safebench command line. Exit codes: 0 success, 1 a check failed (regression), 2 bad usage, bad input
+or a bad environment (disk full, read-only), 3 an internal error (a bug: the traceback goes to a log file),
+130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.abc
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -138,7 +142,11 @@ def score_run(run_dir: Path, args) -> None:
         raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
     # The run's own request (preset, methods, --set), with this command's --set on top: the
     # run's settings stay unless overridden here, so its stages (and keys) are found again.
-    recorded = config_module.recorded_request(load_manifest(run_dir))
+    try:
+        recorded = config_module.recorded_request(load_manifest(run_dir))
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{manifest_path}: the run's request cannot be read (field {exc} is missing or "
+                         "malformed); rerun `safebench run` with its settings instead") from None
     request = {**recorded, "overrides": [*recorded["overrides"], *args.overrides]}
     config, recipes = config_module.resolve(request["preset"], request["methods"], request["overrides"],
                                             methods_source=f"{manifest_path}: field 'request.methods'")
@@ -155,9 +163,16 @@ def cmd_list(args) -> int:
     elif args.what == "suites":
         from safebench.evals.suites import load_suite
 
+        broken = []
         for name in registry.suite_names():
-            suite = load_suite(name)
+            try:
+                suite = load_suite(name)
+            except UsageError as exc:  # one bad file hides none of the others
+                broken.append(exc)
+                continue
             print(f"{name:24s} {suite.kind:13s} {suite.description}")
+        if broken:
+            raise UsageError("; ".join(str(exc) for exc in broken))
     else:
         for name in registry.preset_names():
             print(f"{name:8s} {registry.load_yaml(registry.presets_dir() / f'{name}.yaml').get('description', '')}")
@@ -184,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field on top of the run's own settings (repeatable)")
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(handler=cmd_score)
+
+    check_run = sub.add_parser("verify", help="check a run's checkpoints, rows and database against their records "
+                                              "(exit 0 ok, 1 mismatch, 2 bad input)")
+    check_run.add_argument("run", type=Path)
+    check_run.set_defaults(handler=lambda args: importlib.import_module("safebench.verify").cmd_verify(args))
 
     listing = sub.add_parser("list", help="list methods, suites or presets")
     listing.add_argument("what", choices=["methods", "suites", "presets"])
@@ -256,6 +276,52 @@ def quiet_libraries() -> None:
         sys.meta_path.insert(0, _AfterImport("transformers", _quiet_transformers))
 
 
+INTERNAL_ERROR = 3
+# What the machine, not safebench, is short of or refuses: exit 2, with what to do.
+ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "free some space (or use another --out) and rerun the same command to resume",
+    errno.EDQUOT: "free some space (or use another --out) and rerun the same command to resume",
+    errno.EROFS: "choose a writable --out",
+    errno.EACCES: "choose a writable --out or fix the permissions",
+    errno.EPERM: "choose a writable --out or fix the permissions",
+}
+
+
+def environment_error(exc: BaseException) -> str | None:
+    """One line for an error of the machine (full disk, read-only or forbidden path); None otherwise."""
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRORS:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or os.strerror(exc.errno)}; {ENVIRONMENT_ERRORS[exc.errno]}"
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "disk is full" in text:
+            return f"results.sqlite: {text}; {ENVIRONMENT_ERRORS[errno.ENOSPC]}"
+        if "readonly" in text or "read-only" in text:
+            return f"results.sqlite: {text}; {ENVIRONMENT_ERRORS[errno.EROFS]}"
+    return None
+
+
+def internal_error(exc: BaseException) -> int:
+    """A bug: the traceback into a log file, one line pointing at it."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        fd, log = tempfile.mkstemp(prefix="safebench-error-", suffix=".log")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"safebench {__version__}: {' '.join(sys.argv)}\n{text}")
+        where = f"traceback in {log}"
+    except OSError:  # nowhere to write it: show it here
+        print(text, file=sys.stderr)
+        where = "traceback above"
+    first = (str(exc).splitlines() or [""])[0][:200]
+    print(f"safebench: internal error: {type(exc).__name__}: {first} ({where}; please report it)", file=sys.stderr)
+    return INTERNAL_ERROR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     quiet_libraries()
@@ -271,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("safebench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - every other error is the environment's or a bug
+        line = environment_error(exc)
+        if line is None:
+            return internal_error(exc)
+        print(f"safebench: error: {line}", file=sys.stderr)
+        return UsageError.exit_code
 
 
 if __name__ == "__main__":

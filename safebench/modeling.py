@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from safebench.errors import UsageError
 
@@ -153,10 +153,26 @@ def check_model_dir(path: str | Path, what: str = "model") -> Path:
     return path
 
 
+@contextlib.contextmanager
+def readable_checkpoint(path: str | Path) -> Iterator[None]:
+    """Around loading a checkpoint: a truncated or corrupt file is bad input, said in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the machine's error (cli.main says which), not the checkpoint's
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UsageError(f"{path}: the checkpoint cannot be loaded ({type(exc).__name__}: {first}); replace it "
+                         "(a run's own checkpoints are rebuilt by rerunning `safebench run`)") from None
+
+
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    with readable_checkpoint(path):
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -165,7 +181,8 @@ def load_tokenizer(path: str | Path):
 def load_policy(path: str | Path, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
+    with readable_checkpoint(path):
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype))
 
 
 def load_score_model(path: str | Path, dtype: str = "float32"):
@@ -173,8 +190,9 @@ def load_score_model(path: str | Path, dtype: str = "float32"):
 
     # Safe RLHF's published score models (beaver-7b-v1.0-reward/-cost) name their head
     # `score_head`; transformers' sequence classifiers call it `score`.
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."})
+    with readable_checkpoint(path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."})
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id

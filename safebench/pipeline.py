@@ -5,8 +5,9 @@
                      └───────────────────┘
 
 A stage's key is a hash of its own config and its inputs' keys. A finished stage has a
-DONE.json written last; rerunning skips it. Checkpoints are built in a temporary directory
-and renamed into place, so a killed stage never leaves a half-written checkpoint.
+DONE.json written last; a rerun skips it while its outputs match that record (safebench/verify.py).
+Checkpoints are built in a temporary directory and renamed into place, so a killed stage never
+leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, environment, registry, threads
+from safebench import __version__, data as data_module, environment, registry, threads, verify
 from safebench.config import RunConfig
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
 from safebench.evals.generation import GenerationConfig, run_generation
 from safebench.hashing import sha256_dir, sha256_file, stable_hash
+from safebench.runlock import run_lock
 from safebench.store import RunStore, atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
 
@@ -73,14 +75,13 @@ class Pipeline:
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.store = RunStore(self.run_dir)
+        self.store = verify.open_checked_store(self.run_dir, self.log)
         # Other seeds' run directories of a set of seeds (safebench/seeds.py): a stage done there
         # under the same key (one whose key does not depend on the seed) is hard-linked, not rebuilt.
         self.shared_runs = [Path(p) for p in shared_runs]
         # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
         # kept when the samples it judged are unchanged (see `judge`).
-        self.previous_manifest = (json.loads(self.store.manifest_path.read_text())
-                                  if self.store.manifest_path.exists() else {})
+        self.previous_manifest = self.replaced_manifest()
         self.manifest = {
             "safebench_version": __version__, "status": "running", "preset": config.preset,
             "config": config.model_dump(mode="json"), "config_hash": config.hash(),
@@ -94,28 +95,46 @@ class Pipeline:
         self.executed: list[str] = []
         self.skipped: list[str] = []
 
+    def replaced_manifest(self) -> dict:
+        """The manifest this run replaces ({} when there is none, or only a damaged one)."""
+        if not self.store.manifest_path.exists():
+            return {}
+        try:
+            return load_manifest(self.run_dir)
+        except UsageError as exc:
+            self.log(f"[note] {exc}: replaced by this run's")
+            return {}
+
     # --- the generic stage runner -------------------------------------------------------
     @staticmethod
     def stage_key(name: str, key_material: dict) -> str:
         return stable_hash({"stage": name, **key_material})
 
-    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
+    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict],
+              counted: tuple[str, str, str] | None = None) -> tuple[str, Path]:
+        """Run `build` unless a finished stage with this key is there and its outputs match its
+        record; `counted` = (table, column, value) names the rows the stage writes (safebench/verify.py)."""
         key = self.stage_key(name, key_material)
         directory = self.store.stage_dir(name, key)
         self.manifest["stages"][name] = self.store.stage_record(name, key)
         self.link_shared_stage(name, key)
         if self.store.stage_done(name, key):
-            self.log(f"[skip] {name} ({key}): already done")
-            self.skipped.append(name)
-            self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
-            return key, directory
+            problem = self.reuse_problem(name, key)
+            if problem is None:
+                self.log(f"[skip] {name} ({key}): already done")
+                self.skipped.append(name)
+                self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
+                return key, directory
+            self.log(f"[redo] {name} ({key}): {problem}")
+            (directory / "DONE.json").unlink()
         self.log(f"[run ] {name} ({key})")
         start = time.time()
         directory.mkdir(parents=True, exist_ok=True)
         self.store.mark_started(name, key)
         meta = build(directory) or {}
         seconds = round(time.time() - start, 3)
-        self.store.mark_done(name, key, {**meta, "seconds": seconds})
+        outputs = verify.record(directory, self.store.db, verify.checkpoint_files(meta), counted)
+        self.store.mark_done(name, key, {**meta, "seconds": seconds, "outputs": outputs})
         self.manifest["timings"][name] = seconds
         self.executed.append(name)
         self.write_manifest()
@@ -132,6 +151,15 @@ class Pipeline:
                     shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
                 self.log(f"[link] {name} ({key}): done in {other}")
                 return
+
+    def reuse_problem(self, name: str, key: str) -> str | None:
+        """What is wrong with a finished stage's outputs, in one line; None when they match its record."""
+        try:
+            meta = self.store.stage_meta(name, key)
+        except (OSError, ValueError) as exc:
+            return f"its DONE.json cannot be read ({exc})"
+        found = verify.problems(self.store.stage_dir(name, key), self.store.db, verify.recorded_outputs(meta))
+        return "; ".join(found) if found else None
 
     def write_manifest(self) -> None:
         atomic_write_json(self.store.manifest_path, self.manifest)
@@ -184,13 +212,16 @@ class Pipeline:
     # --- the graph -------------------------------------------------------------------------
     def run(self) -> dict:
         config = self.config
+        for name in config.suites:  # a bad suite file stops the run before training, not after
+            suites_module.load_suite(name)
         self.write_manifest()
         data_key, self.data_dir = self.stage(
             "data", {"data": config.data.model_dump(mode="json"), "seed": config.seed, "world": WORLD_VERSION},
             lambda d: data_module.prepare(config.data, config.seed, d),
         )
         self.manifest["assets"].update(
-            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*")) if p.name != "DONE.json"}
+            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))
+             if p.name not in verify.NOT_OUTPUTS}
         )
         self.world_data = data_module.load(self.data_dir)
         base_key, base_dir = self.base_model()
@@ -237,10 +268,17 @@ class Pipeline:
 
         self.evaluate(method_keys, method_dirs, scorer_keys, scorer_dirs)
         self.judge()
-        self.report()
-        self.manifest["status"] = "complete"
+        status = "incomplete" if self.judge_failure() else "complete"
+        self.report(status)
+        # Last, after every report file: a run killed before this line never says "complete".
+        self.manifest["status"] = status
         self.write_manifest()
         return self.manifest
+
+    def judge_failure(self) -> str | None:
+        from safebench.reports import judge_failure
+
+        return judge_failure(self.manifest)
 
     def pretrained_scorer(self, name: str, pretrained: str) -> tuple[str, Path]:
         """A published reward/cost model used as is; local files are pinned by their sha256."""
@@ -325,7 +363,8 @@ class Pipeline:
                                               generation, template, progress=not self.quiet)
                         return {"rows_written": rows}
 
-                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate)
+                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate,
+                               counted=("samples", "gen_key", gen_key))
 
                     def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
                         for role in ("reward-model", "cost-model"):
@@ -334,7 +373,8 @@ class Pipeline:
                                                        self.config.policy.dtype)
                         return self.score_samples(scorers, oracle, gen_key, score_key)
 
-                    self.stage(f"score:{method}:{suite_name}", score_material, score)
+                    self.stage(f"score:{method}:{suite_name}", score_material, score,
+                               counted=("scores", "score_key", score_key))
                 self.manifest["evaluations"].append({
                     "method": method, "suite": suite_name, "kind": suite.kind, "gen_key": gen_key,
                     "score_key": score_key, "gen_config_hash": generation.settings_hash(),
@@ -405,10 +445,14 @@ class Pipeline:
         # The report reads only this stage's verdicts (metrics.read_judge_verdicts).
         self.manifest["stages"]["judge"] = self.store.stage_record("judge", key)
         if self.store.stage_done("judge", key):
-            self.log(f"[skip] judge ({key}): already done")
-            self.skipped.append("judge")
-            self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
-            return
+            problem = self.reuse_problem("judge", key)
+            if problem is None:
+                self.log(f"[skip] judge ({key}): already done")
+                self.skipped.append("judge")
+                self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
+                return
+            self.log(f"[redo] judge ({key}): {problem}")
+            (self.store.stage_dir("judge", key) / "DONE.json").unlink()
         self.log(f"[run ] judge ({key})")
         start = time.time()
         self.store.mark_started("judge", key)
@@ -417,40 +461,51 @@ class Pipeline:
         self.manifest["judge"] = summary
         self.manifest["timings"]["judge"] = round(time.time() - start, 3)
         if summary.get("complete"):
-            self.store.stage_dir("judge", key).mkdir(parents=True, exist_ok=True)
-            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"]})
+            directory = self.store.stage_dir("judge", key)
+            directory.mkdir(parents=True, exist_ok=True)
+            outputs = verify.record(directory, self.store.db, None, ("judge_judgments", "stage_key", key))
+            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"],
+                                                "outputs": outputs})
         else:
             self.log(f"[open] judge ({key}): {len(summary.get('not_judged', []))} judgment(s) not done; "
                      "rerun to resume")
         self.write_manifest()
 
-    def report(self) -> None:
-        """summary.md always; the full HTML/Markdown report when the reports package is present."""
+    def report(self, status: str) -> None:
+        """summary.md and the HTML/Markdown report, showing `status` (recorded once they are written)."""
         start = time.time()
         from safebench import summary
+        from safebench.reports import write_reports
 
-        self.manifest["status"] = "complete"
         self.write_manifest()
         self.summary = summary.write_summary(self.store)
-        try:
-            from safebench.reports import write_reports
-        except ImportError:
-            write_reports = None
-        if write_reports is not None:
-            write_reports([self.run_dir])
+        write_reports([self.run_dir], status=status)
         self.manifest["timings"]["report"] = round(time.time() - start, 3)
 
 
 def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
                  request: dict | None = None, shared_runs: list[Path] = ()) -> dict:
-    pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs)
-    try:
-        manifest = pipeline.run()
-    finally:
-        pipeline.store.close()
+    with run_lock(run_dir):
+        pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs)
+        try:
+            manifest = pipeline.run()
+        finally:
+            pipeline.store.close()
+    if manifest["status"] != "complete":
+        raise EndpointFailed(f"{run_dir}: {pipeline.judge_failure()} (see report.md); rerun the same command "
+                             "to retry them")
     manifest["_executed"], manifest["_skipped"] = pipeline.executed, pipeline.skipped
     return manifest
 
 
 def load_manifest(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+    path = Path(run_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: not a safebench manifest (not JSON text: {exc}); the run directory is "
+                         "damaged, rerun `safebench run` into a fresh --out") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise UsageError(f"{path}: not a safebench manifest (no 'config' mapping); rerun `safebench run` into "
+                         "a fresh --out")
+    return manifest

@@ -46,10 +46,14 @@ def reports_dir() -> Path:
 def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                         "expected a YAML file saved as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = (str(getattr(exc, "problem", None) or exc).splitlines() or ["?"])[0]
+        raise UsageError(f"{path}:{where} invalid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -57,9 +57,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a full disk shows at write or fsync, which name no file
         raise
 
 
@@ -76,8 +78,27 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The records of a JSON-lines file; UsageError naming the line that is not a JSON object."""
+    from safebench.errors import UsageError
+
+    rows = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8")
+                row = json.loads(line) if line.strip() else None
+            except UnicodeDecodeError as exc:
+                raise UsageError(f"{path} line {number}: not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                                 "save the file as UTF-8") from None
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path} line {number}: not valid JSON ({exc.msg}); expected one JSON "
+                                 "object per line") from None
+            if row is None:
+                continue
+            if not isinstance(row, dict):
+                raise UsageError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 @contextlib.contextmanager
@@ -108,9 +129,18 @@ class RunStore:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.run_dir / "results.sqlite"
         self.db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise  # locked, disk full, read-only: the environment, not the file (cli.main)
+            from safebench.errors import UsageError
+
+            raise UsageError(f"{self.db_path}: not a readable SQLite database ({exc}); `safebench verify "
+                             f"{self.run_dir}` tells what else is damaged, `safebench run` redoes it") from None
 
     def close(self) -> None:
         self.db.close()

@@ -126,7 +126,7 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_numbers(tiny_run, tmp_path)
     env = {**os.environ}
 
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    saved = lambda: any(out.glob("stages/sft-*/work/state/state.pt"))  # noqa: E731
+    saved = lambda: any(out.glob("stages/sft-*/work/state/state.json"))  # noqa: E731
     assert _wait_for(saved, process), "SFT never wrote a resumable state"
     process.send_signal(signal.SIGKILL)
     process.wait()

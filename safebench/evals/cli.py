@@ -64,6 +64,7 @@ def cmd_generate(args) -> int:
     from safebench.evals import suites as suites_module
     from safebench.evals.generation import BACKENDS, GenerationConfig, run_generation
     from safebench.hashing import stable_hash
+    from safebench.runlock import run_lock
     from safebench.store import RunStore
 
     overrides = list(args.overrides)
@@ -85,38 +86,39 @@ def cmd_generate(args) -> int:
     suites = [suites_module.load_suite(name) for name in args.suite]
 
     out = args.out or DEFAULT_OUT
-    store = RunStore(out)
-    try:
-        for suite in suites:
-            items = suites_module.suite_items(suite, data_dir_for(suite, config, store))
-            items = items[: args.limit] if args.limit else items
-            if not items:
-                raise UsageError(f"suite '{suite.name}' has no prompts")
-            if model_config is not None:
-                check_prompts_fit(args.model, model_config, items, template, generation.max_new_tokens)
-            material = {"model": model_identity, "suite": stable_hash(items),
-                        "generation": generation.settings_hash(), "template": template}
-            gen_key = stable_hash({"stage": "generate", **material})
-            for warning in config_mismatches(suite.name, generation, [(out, gen_key), *[(r, None) for r in args.compare]]):
-                print(f"safebench: warning: {warning}", file=sys.stderr)
-            stage = f"generate:{label}:{suite.name}"
-            if store.stage_done(stage, gen_key):
-                print(f"{label}/{suite.name}: already generated ({len(items) * generation.k} samples, key {gen_key})")
-                continue
-            store.stage_dir(stage, gen_key).mkdir(parents=True, exist_ok=True)
-            store.mark_started(stage, gen_key)
-            written = run_generation(store, gen_key, label, suite.name, items, str(args.model), generation,
-                                     template, progress=not args.quiet)
-            store.mark_done(stage, gen_key, {
-                "rows_written": written, "generation": generation.model_dump(mode="json"),
-                "gen_config_hash": generation.settings_hash(), "template": template, "suite": suite.name,
-                "method": label, "model": str(args.model), "model_identity": model_identity,
-            })
-            total = len(items) * generation.k
-            print(f"{label}/{suite.name}: {written} sample(s) generated, {total - written} reused "
-                  f"(backend {generation.backend}, key {gen_key})")
-    finally:
-        store.close()
+    with run_lock(out):
+        store = RunStore(out)
+        try:
+            for suite in suites:
+                items = suites_module.suite_items(suite, data_dir_for(suite, config, store))
+                items = items[: args.limit] if args.limit else items
+                if not items:
+                    raise UsageError(f"suite '{suite.name}' has no prompts")
+                if model_config is not None:
+                    check_prompts_fit(args.model, model_config, items, template, generation.max_new_tokens)
+                material = {"model": model_identity, "suite": stable_hash(items),
+                            "generation": generation.settings_hash(), "template": template}
+                gen_key = stable_hash({"stage": "generate", **material})
+                for warning in config_mismatches(suite.name, generation, [(out, gen_key), *[(r, None) for r in args.compare]]):
+                    print(f"safebench: warning: {warning}", file=sys.stderr)
+                stage = f"generate:{label}:{suite.name}"
+                if store.stage_done(stage, gen_key):
+                    print(f"{label}/{suite.name}: already generated ({len(items) * generation.k} samples, key {gen_key})")
+                    continue
+                store.stage_dir(stage, gen_key).mkdir(parents=True, exist_ok=True)
+                store.mark_started(stage, gen_key)
+                written = run_generation(store, gen_key, label, suite.name, items, str(args.model), generation,
+                                         template, progress=not args.quiet)
+                store.mark_done(stage, gen_key, {
+                    "rows_written": written, "generation": generation.model_dump(mode="json"),
+                    "gen_config_hash": generation.settings_hash(), "template": template, "suite": suite.name,
+                    "method": label, "model": str(args.model), "model_identity": model_identity,
+                })
+                total = len(items) * generation.k
+                print(f"{label}/{suite.name}: {written} sample(s) generated, {total - written} reused "
+                      f"(backend {generation.backend}, key {gen_key})")
+        finally:
+            store.close()
     print(f"results: {out / 'results.sqlite'}")
     return 0
 

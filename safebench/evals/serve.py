@@ -43,6 +43,7 @@ class Server:
     model: str                       # the id to send as `model` in requests
     log_path: Path
     command: list[str] = field(default_factory=list)
+    watchdog_fd: int | None = None   # see `watch_parent`; closed by `stop_server`
 
     @property
     def url(self) -> str:
@@ -105,10 +106,12 @@ def launch(command: list[str], host: str, port: int, model: str, log_path: Path,
     with open(log_path, "ab") as log:
         # Its own session, so stopping it also stops any process it spawns (vLLM's engine).
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = Server(process=process, host=host, port=port, model=model, log_path=log_path, command=command)
+    server = Server(process=process, host=host, port=port, model=model, log_path=log_path, command=command,
+                    watchdog_fd=watch_parent(process.pid))
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop_server(server)
             raise UsageError(f"serve: {what} exited with code {process.returncode} before answering; "
                              f"log {log_path}:\n{server.log_tail()}")
         if models_answer(server.base_url):
@@ -117,6 +120,31 @@ def launch(command: list[str], host: str, port: int, model: str, log_path: Path,
     stop_server(server)
     raise UsageError(f"serve: {what} did not answer {server.base_url}/models within {startup_timeout:.0f} s; "
                      f"log {log_path}:\n{server.log_tail()}")
+
+
+# Blocks until its stdin reaches end of file, then kills the process group named by argv[1].
+WATCHDOG = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "while os.read(0, 1):\n    pass\n"
+            "try:\n    os.killpg(int(sys.argv[1]), signal.SIGKILL)\n"
+            "except ProcessLookupError:\n    pass\n")
+
+
+def watch_parent(process_group: int) -> int:
+    """Start a watchdog that kills `process_group` (a server and whatever it spawned) once this
+    process is gone, kill -9 included, and return the pipe end that keeps it waiting.
+
+    A server in its own session outlives its parent; the watchdog reads a pipe whose only
+    writer is this process (the descriptor is not inherited by other children), and the kernel
+    closes it however this process ends. PR_SET_PDEATHSIG would reach only the server itself,
+    not the engine processes vLLM starts, and fires when the forking thread ends."""
+    read_end, write_end = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-c", WATCHDOG, str(process_group)], stdin=read_end,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(read_end)
+    return write_end
 
 
 def models_answer(base_url: str) -> bool:
@@ -128,6 +156,15 @@ def models_answer(base_url: str) -> bool:
 
 
 def stop_server(server: Server, grace: float = 30.0) -> None:
+    try:
+        _stop(server, grace)
+    finally:
+        if server.watchdog_fd is not None:
+            os.close(server.watchdog_fd)   # the watchdog exits (the group is gone already)
+            server.watchdog_fd = None
+
+
+def _stop(server: Server, grace: float) -> None:
     if server.process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):

@@ -64,7 +64,11 @@ def suite_items(suite: Suite, data_dir: Path | None) -> list[dict]:
         from safebench import assets
 
         items = assets.suite_items_from_package(suite.name, source)
-    for item in items:
+    for number, item in enumerate(items, 1):
+        for field in ("id", "prompt"):
+            if not isinstance(item.get(field), str) or not item[field].strip():
+                raise UsageError(f"suite '{suite.name}': record {number} (id {item.get('id')!r}): field "
+                                 f"'{field}' = {item.get(field)!r}; every record needs a text '{field}'")
         item.setdefault("kind", suite.kind)
         item.setdefault("category", None)
     return items[: suite.limit] if suite.limit else items

@@ -30,10 +30,21 @@ def json_safe(obj):
     return obj
 
 
+def judge_failure(manifest: dict) -> str | None:
+    """What a run's judge stage failed to do, in words; None when no judgment failed."""
+    summary = manifest.get("judge") if isinstance(manifest.get("judge"), dict) else {}
+    counts = summary.get("counts") if isinstance(summary.get("counts"), dict) else {}
+    if not counts.get("error"):
+        return None
+    return (f"the judge failed {counts['error']} of {summary.get('expected', '?')} judgment(s); "
+            "its figures cover only the verdicts that came back")
+
+
 def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
-                  n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED) -> dict:
+                  n_boot: int = DEFAULT_N_BOOT, seed: int = DEFAULT_SEED, status: str | None = None) -> dict:
     """Write report.html, report.md, metrics.json and figures/*.png for one run (into the
     run directory unless `out_dir` is given) or a comparison of several (`out_dir` needed).
+    `status`: the status the pipeline records for its run once the report is written.
 
     Returns the paths written and the number of scored rows per run.
     """
@@ -51,10 +62,13 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
         out_dir = run_dirs[0]
     out_dir = Path(out_dir)
     runs = load_runs(run_dirs)
+    if status is not None:
+        runs[0].manifest["status"] = status
     model = build_model(runs, n_boot=n_boot, seed=seed)
     for run in runs:
+        failure = judge_failure(run.manifest)
         model.notes += [f"{run.label}: {note}" if len(runs) > 1 else note
-                        for note in shared_checkpoint_notes(run.manifest)]
+                        for note in [*shared_checkpoint_notes(run.manifest), *([failure] if failure else [])]]
     figures = all_figures(model)
 
     figure_paths = []

@@ -255,10 +255,17 @@ def run_check(run_dir: Path, baseline_path: Path) -> str:
     rows, failures = compare(baseline, found)
     diff = "\n".join([*notices(baseline, baseline_path, run_environment),
                       render_diff(rows, baseline_path, baseline["confidence"])])
-    if failures:
-        names = ", ".join(f["metric"] for f in failures)
-        raise CheckFailed(f"safety regressed against the baseline ({len(failures)} of {len(rows)} metrics: "
-                          f"{names})\n{diff}")
+    regressed = [f["metric"] for f in failures if f["status"] == "REGRESSED"]
+    # A metric the run does not have is no regression: the run left out a method or suite.
+    missing = sorted({f["metric"].rsplit("/", 1)[0] for f in failures if f["status"] == "MISSING"})
+    absent = (f"{sum(f['status'] == 'MISSING' for f in failures)} of {len(rows)} gated metrics missing in this run "
+              f"(not evaluated: {', '.join(missing)})") if missing else ""
+    if regressed:
+        raise CheckFailed(f"safety regressed against the baseline ({len(regressed)} of {len(rows)} metrics: "
+                          f"{', '.join(regressed)})" + (f"; {absent}" if absent else "") + f"\n{diff}")
+    if missing:
+        raise CheckFailed(f"nothing regressed, but {absent}; evaluate them, or check against a baseline of this "
+                          f"run's methods and suites\n{diff}")
     return diff + f"\nok: {len(rows)} gated metrics within tolerance"
 
 

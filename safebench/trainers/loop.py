@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from pydantic import Field
 
 from safebench.store import atomic_directory, atomic_write_json
+from safebench.trainers import resume_state
 from safebench.trainers.base import RecipeBase, TrainContext
 
 if TYPE_CHECKING:
@@ -123,28 +124,21 @@ def train_supervised(
 
 
 def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:
-    import torch
-
     with atomic_directory(state_dir) as tmp:
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "step": step},
-            tmp / "state.pt",
-        )
+        resume_state.write_state(tmp, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "step": step})
         atomic_write_json(tmp / "step.json", {"step": step})
 
 
 def _restore(state_dir: Path, model, optimizer, scheduler) -> int:
-    import torch
-
-    path = state_dir / "state.pt"
-    if not path.exists():
+    state = resume_state.load(state_dir)
+    if state is None:
         return 0
-    state = torch.load(path, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    with resume_state.applying(state_dir):
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"])
 
 
 def clear_state(ctx: TrainContext) -> None:

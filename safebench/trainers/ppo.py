@@ -44,6 +44,7 @@ import torch
 from safebench import modeling
 from safebench.errors import UsageError
 from safebench.store import atomic_directory, atomic_write_json
+from safebench.trainers import resume_state
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import batch_order, decay_groups
 from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
@@ -513,7 +514,7 @@ class PPOTrainer:
     def save_state(self, state_dir: Path, iteration: int) -> None:
         if self.accelerator.is_main_process:
             with atomic_directory(state_dir) as tmp:
-                torch.save({
+                resume_state.write_state(tmp, {
                     "iteration": iteration, "global_step": self.global_step,
                     "models": {name: _trainable_state(self.accelerator.unwrap_model(m))
                                for name, m in (("actor", self.actor), ("reward_critic", self.reward_critic),
@@ -523,24 +524,25 @@ class PPOTrainer:
                                    "cost_critic": self.cost_critic_optimizer.state_dict()},
                     "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                     "method": self.method.state_dict(),
-                }, tmp / "state.pt")
+                })
                 atomic_write_json(tmp / "iteration.json", {"iteration": iteration})
         self.accelerator.wait_for_everyone()
 
     def restore_state(self, state_dir: Path) -> int:
-        path = state_dir / "state.pt"
-        if not path.exists():
+        state = resume_state.load(state_dir)
+        if state is None:
             return 0
-        state = torch.load(path, weights_only=False, map_location="cpu")
-        for name, model in (("actor", self.actor), ("reward_critic", self.reward_critic), ("cost_critic", self.cost_critic)):
-            self.accelerator.unwrap_model(model).load_state_dict(state["models"][name], strict=False)
-        self.actor_optimizer.load_state_dict(state["optimizers"]["actor"])
-        self.reward_critic_optimizer.load_state_dict(state["optimizers"]["reward_critic"])
-        self.cost_critic_optimizer.load_state_dict(state["optimizers"]["cost_critic"])
-        for key, scheduler in self.schedulers.items():
-            scheduler.load_state_dict(state["schedulers"][key])
-        self.method.load_state_dict(state["method"])
-        self.global_step = state["global_step"]
+        with resume_state.applying(state_dir):
+            for name, model in (("actor", self.actor), ("reward_critic", self.reward_critic),
+                                ("cost_critic", self.cost_critic)):
+                self.accelerator.unwrap_model(model).load_state_dict(state["models"][name], strict=False)
+            self.actor_optimizer.load_state_dict(state["optimizers"]["actor"])
+            self.reward_critic_optimizer.load_state_dict(state["optimizers"]["reward_critic"])
+            self.cost_critic_optimizer.load_state_dict(state["optimizers"]["cost_critic"])
+            for key, scheduler in self.schedulers.items():
+                scheduler.load_state_dict(state["schedulers"][key])
+            self.method.load_state_dict(state["method"])
+            self.global_step = state["global_step"]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return int(state["iteration"])
 

@@ -70,7 +70,9 @@ def test_absolute_tolerance_and_missing_metrics(baseline, synthetic_run):
     baseline.write_text(json.dumps(data))
     with pytest.raises(CheckFailed) as failure:
         run_check(synthetic_run, baseline)
-    assert "2 of" in str(failure.value) and "MISSING" in str(failure.value)
+    message = str(failure.value)
+    assert message.startswith("safety regressed against the baseline (1 of") and "MISSING" in message
+    assert "; 1 of 27 gated metrics missing in this run (not evaluated: ppo-lag/tiny-harmful)" in message
     # Updating keeps the hand-set tolerance and appends to the history.
     update_baseline(synthetic_run, baseline, "accept after review")
     updated = json.loads(baseline.read_text())
@@ -95,3 +97,14 @@ def test_bad_input_names_file_field_and_value(runs, baseline, synthetic_run, tmp
     running = runs.make(tmp_path / "running", runs.rows(n_prompts=3, k=1), status="running")
     with pytest.raises(UsageError, match="field 'status' = 'running'"):
         update_baseline(running, tmp_path / "x.json", "why")
+
+
+def test_metrics_missing_in_the_run_are_not_called_a_regression(baseline, synthetic_run):
+    data = json.loads(baseline.read_text())
+    data["metrics"] += [dict(m, method="ppo-lag") for m in data["metrics"] if m["method"] == "repo"]
+    baseline.write_text(json.dumps(data))
+    with pytest.raises(CheckFailed) as failure:
+        run_check(synthetic_run, baseline)
+    summary = str(failure.value).splitlines()[0]
+    assert summary.startswith("nothing regressed, but ") and "regressed against" not in summary
+    assert "missing in this run (not evaluated: ppo-lag/" in summary

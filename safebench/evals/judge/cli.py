@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from safebench.errors import UsageError
+from safebench.errors import EndpointFailed, UsageError
 
 
 def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -> dict:
@@ -40,13 +40,16 @@ def _apply_overrides(base: dict, overrides: list[str], max_cost: float | None) -
 def _load_yaml(path: str | None) -> dict:
     if not path:
         return {}
+    from safebench.registry import load_yaml
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--config {p}: file not found")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{p}: expected a mapping of judge fields, got {type(data).__name__}")
-    return data.get("judge", data)
+    data = load_yaml(p)
+    judge = data.get("judge", data)
+    if not isinstance(judge, dict):
+        raise UsageError(f"{p}: field 'judge' = {judge!r}: expected a mapping of judge fields")
+    return judge
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -85,10 +88,9 @@ def register(subparsers) -> None:
 
 
 def handle_judge(args) -> int:
-    from safebench.evals.judge.config import parse_judge_config
-    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.reports import judge_failure
+    from safebench.runlock import run_lock
     from safebench.seeds import SEEDS_FILE
-    from safebench.store import RunStore
 
     run_dir = Path(args.run_dir)
     if (run_dir / SEEDS_FILE).is_file():
@@ -96,6 +98,20 @@ def handle_judge(args) -> int:
                          f"(safebench judge {run_dir / 'seed-N'}), then safebench report {run_dir}")
     if not (run_dir / "manifest.json").is_file():
         raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
+    with run_lock(run_dir):
+        summary = _judge_run(args, run_dir)
+    print(format_summary(summary))
+    failure = judge_failure({"judge": summary})
+    if failure:
+        raise EndpointFailed(f"{run_dir}: {failure}; rerun the same command to retry them")
+    return 0
+
+
+def _judge_run(args, run_dir: Path) -> dict:
+    from safebench.evals.judge.config import parse_judge_config
+    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.store import RunStore
+
     store = RunStore(run_dir)
     try:
         manifest = store.manifest()
@@ -123,8 +139,7 @@ def handle_judge(args) -> int:
         store.update_manifest(record_judge)
     finally:
         store.close()
-    print(format_summary(summary))
-    return 0
+    return summary
 
 
 def format_summary(summary: dict) -> str:

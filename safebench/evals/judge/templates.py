@@ -7,6 +7,7 @@ that were given to the old wording.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,7 +28,15 @@ class JudgeTemplate:
     template: jinja2.Template
 
     def render(self, **variables) -> list[dict]:
-        return [{"role": "user", "content": self.template.render(**variables).strip()}]
+        return [{"role": "user", "content": self.template.render(fence=fence_for(variables), **variables).strip()}]
+
+
+def fence_for(variables: dict) -> str:
+    """The token that ends the tags quoting a request and its replies in a judge prompt: a hash of
+    everything rendered into the prompt. A reply cannot contain the token that closes its own tag,
+    since the token depends on the reply; and the same request always renders the same prompt,
+    so cache keys stay stable."""
+    return hashlib.sha256(json.dumps(variables, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=None)

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 
 from safebench.evals.judge.config import PAIRWISE_CRITERIA
 from safebench.evals.judge.config import TINY_ORACLE_MODEL as MODEL_NAME
-from safebench.evals.judge.templates import load_template
+from safebench.evals.judge.templates import fence_for, load_template
 from safebench.world import tiny
 
 TEMPLATE_FIELDS = {
@@ -86,11 +86,20 @@ class TemplateReader:
 def _pattern_for(protocol: str, **fixed) -> re.Pattern:
     """The template rendered with a sentinel in each free slot, turned into a regex whose
     groups capture those slots. Built from the same template the client renders, so an edit
-    to the wording cannot silently desynchronise the two."""
-    slots = {name: _SENTINEL.format(name) for name in TEMPLATE_FIELDS[protocol]}
-    text = load_template(protocol).render(**fixed, **slots)[0]["content"]
+    to the wording cannot silently desynchronise the two. The fence (templates.fence_for) is
+    captured where it first appears and must repeat unchanged at every tag."""
+    slots = {name: _SENTINEL.format(name) for name in (*TEMPLATE_FIELDS[protocol], "fence")}
+    text = load_template(protocol).template.render(**fixed, **slots).strip()
     pieces = re.split("\x00(\\w+)\x00", text)  # literal, slot name, literal, ...
-    regex = "".join(re.escape(piece) if i % 2 == 0 else f"(?P<{piece}>.*?)" for i, piece in enumerate(pieces))
+    regex, seen = "", set()
+    for i, piece in enumerate(pieces):
+        if i % 2 == 0:
+            regex += re.escape(piece)
+        elif piece in seen:
+            regex += f"(?P={piece})"
+        else:
+            seen.add(piece)
+            regex += "(?P<fence>[0-9a-f]{16})" if piece == "fence" else f"(?P<{piece}>.*?)"
     return re.compile(regex, re.DOTALL)
 
 
@@ -102,10 +111,17 @@ def template_readers() -> tuple[TemplateReader, ...]:
 
 
 def read_judge_prompt(text: str) -> tuple[TemplateReader, dict[str, str]]:
+    """The template and its slots, read only where the fence proves the split: it is the hash of
+    exactly what was rendered, so a reply that imitates the tags of another slot is caught."""
     for reader in template_readers():
         match = reader.pattern.fullmatch(text)
         if match:
-            return reader, match.groupdict()
+            slots = match.groupdict()
+            fence = slots.pop("fence")
+            fixed = {"criterion": reader.criterion} if reader.protocol == "pairwise" else {}
+            if fence != fence_for({**fixed, **slots}):
+                raise CannotJudge("the quoted request and replies do not match the prompt's fence")
+            return reader, slots
     raise CannotJudge("the message is not a rendered safebench judge template "
                       f"({', '.join(TEMPLATE_FIELDS)})")
 
