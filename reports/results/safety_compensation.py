@@ -213,8 +213,8 @@ def print_table(title: str, table: dict, keys: tuple[str, ...]) -> None:
 
 
 def plot_curves(per_seed: dict[int, dict], path: Path, names: list[str]) -> None:
-    """Over-optimisation: the cost model's and the oracle's cost of the RL rollouts, per iteration,
-    mean over seeds; a gap that opens means the policy exploits the learned cost model."""
+    """Over-optimisation: the share of each RL iteration's rollouts that the cost model and the
+    oracle call unsafe, mean over seeds; a gap that opens means the policy exploits the cost model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -222,7 +222,7 @@ def plot_curves(per_seed: dict[int, dict], path: Path, names: list[str]) -> None
 
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=True)
     for ax, name in zip(axes, names):
-        for key, style in (("cost", "-"), ("oracle_cost", "--")):
+        for key, style in (("unsafe_share", "-"), ("oracle_unsafe_share", "--")):
             series = [per_seed[s]["methods"][name]["curves"][key] for s in per_seed
                       if key in per_seed[s]["methods"].get(name, {}).get("curves", {})]
             if not series:
@@ -231,12 +231,11 @@ def plot_curves(per_seed: dict[int, dict], path: Path, names: list[str]) -> None
             for x in series:
                 ax.plot(range(1, length + 1), x[:length], style, color="#bbbbbb", lw=0.7)
             mean = [sum(x[i] for x in series) / len(series) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, style, color="#d95f02" if key == "cost" else "#1b9e77", lw=2,
-                    label=("cost model" if key == "cost" else "oracle") + f" (mean of {len(series)} seeds)")
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set(title=name, xlabel="RL iteration")
+            ax.plot(range(1, length + 1), mean, style, color="#d95f02" if key == "unsafe_share" else "#1b9e77", lw=2,
+                    label=("cost model" if key == "unsafe_share" else "oracle") + f" (mean of {len(series)} seeds)")
+        ax.set(title=name, xlabel="RL iteration", ylim=(0, 1))
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("mean cost of the iteration's rollouts")
+    axes[0].set_ylabel("unsafe share of the iteration's rollouts")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
