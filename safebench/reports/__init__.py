@@ -6,6 +6,7 @@ reproduction of published tables (`safebench reproduce`).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from safebench.defaults import DEFAULT_N_BOOT, DEFAULT_SEED
@@ -87,6 +88,9 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
         "paired": model.comparisons,
         "paired_across_seeds": model.comparisons_across_seeds,
         "judge": model.judge.to_dict("records") if len(model.judge) else [],
+        # held-out figures of the reward and cost models per seed (reports/scorers.py); value null:
+        # not measured, `note` says why
+        "scorers": [asdict(figure) for figure in model.scorers],
     }))
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(model, figures))

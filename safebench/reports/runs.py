@@ -16,6 +16,7 @@ import pandas as pd
 
 from safebench import metrics, seeds
 from safebench.errors import UsageError
+from safebench.reports.scorers import ScorerFigure, heldout_points, scorer_figures
 from safebench.store import RunStore
 
 # The top-level reports/ folder of the repository: templates, reference tables, baselines.
@@ -36,6 +37,8 @@ class RunData:
     judge_note: str | None = None  # how the verdicts were chosen, when that needs saying
     # seed -> manifest of each replicate (safebench/seeds.py); one entry for a run without --seeds
     replicates: dict[int, dict] = field(default_factory=dict)
+    # seed -> score-model stage -> its held-out metrics at their last step (reports/scorers.py)
+    heldout: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
@@ -63,6 +66,7 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     try:
         results = store.results()
         curves = store.curves()
+        heldout = heldout_points(store.db, manifest)
     finally:
         store.close()
     label = label or run_dir.name
@@ -71,7 +75,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     curves = curves.assign(run=label, seed=seed)
     suites = {ev["suite"]: ev.get("kind") or "" for ev in evaluations}
     verdicts, judge_note = _judge_verdicts(run_dir, manifest)
-    return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note, {seed: manifest})
+    return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note, {seed: manifest},
+                   {seed: heldout})
 
 
 def _load_seeds(run_dir: Path, replicate_dirs: dict[int, Path], label: str) -> RunData:
@@ -88,7 +93,8 @@ def _load_seeds(run_dir: Path, replicate_dirs: dict[int, Path], label: str) -> R
                    pd.concat([part.curves for part in parts.values()], ignore_index=True),
                    pd.concat(verdicts, ignore_index=True) if verdicts else None,
                    {suite: kind for part in parts.values() for suite, kind in part.suites.items()},
-                   "; ".join(notes) or None, {seed: part.manifest for seed, part in parts.items()})
+                   "; ".join(notes) or None, {seed: part.manifest for seed, part in parts.items()},
+                   {seed: part.heldout[seed] for seed, part in parts.items()})
 
 
 def _judge_verdicts(run_dir: Path, manifest: dict) -> tuple[pd.DataFrame | None, str | None]:
@@ -198,6 +204,7 @@ class ReportModel:
     empty_suites: list[tuple[str, str]] = field(default_factory=list)
     per_seed: pd.DataFrame = field(default_factory=pd.DataFrame)   # summary rows per seed
     comparisons_across_seeds: list[dict] = field(default_factory=list)
+    scorers: list[ScorerFigure] = field(default_factory=list)  # held-out figures of the score models
 
     @property
     def several_runs(self) -> bool:
@@ -319,6 +326,8 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
         summary=summary, by_category=by_category, comparisons=comparisons, judge=judge,
         curves=curves, results=results, empty_suites=empty_suites,
         per_seed=per_seed, comparisons_across_seeds=across_seeds,
+        scorers=[figure for run in runs for seed in sorted(run.replicates)
+                 for figure in scorer_figures(run.label, seed, run.replicates[seed], run.heldout.get(seed, {}))],
     )
     model.tables = _tables(model)
     return model
@@ -374,6 +383,7 @@ def _tables(model: ReportModel) -> list[Table]:
             [_key_cells(r, several) + [fmt_rate(r, "oracle_safety_rate"), fmt_rate(r, "oracle_prompt_unsafe_share"),
                                        fmt_mean(r, "oracle_reward_mean"), fmt_mean(r, "oracle_cost_mean"),
                                        fmt_rate(r, "cost_oracle_agreement")] for r in oracle]))
+    tables.append(_scorer_table(model))
     tables.append(Table(
         "distribution", "Score distributions",
         "Quantiles (10 / 50 / 90 %) of per-sample reward and cost, and of the per-prompt mean cost.",
@@ -452,6 +462,23 @@ def _tables(model: ReportModel) -> list[Table]:
                                         f"win rate vs {BASELINE_METHOD}", "Elo"],
         judge_rows, "no verdicts"))
     return tables
+
+
+def _scorer_table(model: ReportModel) -> Table:
+    several, seeds = model.several_runs, model.several_seeds
+    rows = []
+    for f in model.scorers:
+        key = ([f.run] if several else []) + ([str(f.seed)] if seeds else []) + [f.scorer, f.measure]
+        value = fmt_rate({"v": f.value, "v_low": f.low, "v_high": f.high}, "v")
+        rows.append(key + [value, f"{f.n} {f.unit}", f.note])
+    return Table(
+        "scorers", "Scorers, measured",
+        "The reward and cost models on held-out preference pairs, at the end of their training: the share of "
+        "pairs ordered as labelled and, for the cost model, of responses on their labelled side of 0 (safe ≤ 0), "
+        "with 95 % Wilson intervals. Every method's reward and cost above is measured by these models.",
+        (["run"] if several else []) + (["seed"] if seeds else []) + ["scorer", "measure", "accuracy [95 % CI]",
+                                                                     "behind it", "note"],
+        rows, "no score model in this run")
 
 
 def _fmt_diff(test: dict) -> str:

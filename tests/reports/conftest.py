@@ -17,11 +17,14 @@ from safebench.store import RunStore, atomic_write_json
 
 def make_run(run_dir: Path, rows: list[dict], *, suites: dict[str, str] | None = None,
              curves: dict[str, list[dict]] | None = None, preset: str = "tiny",
-             status: str = "complete", seed: int = 0) -> Path:
+             status: str = "complete", seed: int = 0,
+             scorers: dict[str, list[dict]] | None = None) -> Path:
     """rows: dicts with method, suite, prompt_id, sample_idx, response, reward, cost and
     optionally kind, category, prompt, oracle_reward, oracle_cost.
     suites: suite -> kind, including suites that have no rows (an empty suite).
-    curves: method -> list of {"step": int, **metrics}."""
+    curves: method -> list of {"step": int, **metrics}.
+    scorers: score-model stage (reward-model, cost-model) -> its curve points, as `curves`; the
+    stage is recorded in the manifest under key "<stage>-k"."""
     store = RunStore(run_dir)
     suites = dict(suites or {})
     for row in rows:
@@ -47,22 +50,28 @@ def make_run(run_dir: Path, rows: list[dict], *, suites: dict[str, str] | None =
         for point in points:
             store.log_curve(f"method-{method}", method, point["step"],
                             {k: v for k, v in point.items() if k != "step"})
+    for stage, points in (scorers or {}).items():
+        for point in points:
+            store.log_curve(f"{stage}-k", stage, point["step"], {k: v for k, v in point.items() if k != "step"})
+    stages = {stage: store.stage_record(stage, f"{stage}-k") for stage in scorers or {}}
     store.close()
     atomic_write_json(run_dir / "manifest.json", {
         "safebench_version": "0.1.0", "status": status, "preset": preset, "config": {"preset": preset},
         "config_hash": "cfg0", "git": {"commit": "0" * 40, "dirty": False}, "versions": {"python": "3.11"},
-        "seeds": {"run": seed}, "assets": {}, "stages": {},
+        "seeds": {"run": seed}, "assets": {}, "stages": stages,
         "methods": {m: {"key": f"method-{m}", "checkpoint": f"stages/{m}/model", "sha256": {}} for m in methods},
         "evaluations": evaluations})
     return run_dir
 
 
-def make_seed_set(out: Path, rows_by_seed: dict[int, list[dict]], **kwargs) -> Path:
-    """A set of seeds as `safebench run --seeds` leaves it: OUT/seed-N (a run each) and seeds.json."""
+def make_seed_set(out: Path, rows_by_seed: dict[int, list[dict]], *, per_seed: dict[int, dict] | None = None,
+                  **kwargs) -> Path:
+    """A set of seeds as `safebench run --seeds` leaves it: OUT/seed-N (a run each) and seeds.json.
+    per_seed: seed -> make_run arguments of that seed alone."""
     from safebench import seeds
 
     for seed, rows in rows_by_seed.items():
-        make_run(seeds.seed_dir(out, seed), rows, seed=seed, **kwargs)
+        make_run(seeds.seed_dir(out, seed), rows, seed=seed, **{**kwargs, **(per_seed or {}).get(seed, {})})
     atomic_write_json(out / seeds.SEEDS_FILE, {
         "format": seeds.SEEDS_FORMAT, "seeds": list(rows_by_seed),
         "runs": {str(s): seeds.seed_dir(out, s).name for s in rows_by_seed}, "request": {}})
