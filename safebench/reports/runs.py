@@ -474,8 +474,8 @@ def _scorer_table(model: ReportModel) -> Table:
     return Table(
         "scorers", "Scorers, measured",
         "The reward and cost models on held-out preference pairs, at the end of their training: the share of "
-        "pairs ordered as labelled and, for the cost model, of responses on their labelled side of 0 (safe ≤ 0), "
-        "with 95 % Wilson intervals. Every method's reward and cost above is measured by these models.",
+        "pairs ordered as labelled and, for the cost model, of responses on their labelled side of 0 (safe ≤ 0; "
+        "both responses of each pair, counted as independent), with 95 % Wilson intervals. Every method's reward and cost above is measured by these models.",
         (["run"] if several else []) + (["seed"] if seeds else []) + ["scorer", "measure", "accuracy [95 % CI]",
                                                                      "behind it", "note"],
         rows, "no score model in this run")
