@@ -163,16 +163,6 @@ def interval(values: list[float]) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": values}
 
 
-def wilson(successes: float, n: float) -> tuple[float, float]:
-    """95 % Wilson interval of a proportion (for a scorer's held-out accuracy over its pairs)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    z, p = 1.96, successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
-
-
 TABLE_KEYS = ("oracle_prompts_with_unsafe", "prompts_with_unsafe", "oracle_safety_rate", "mean_cost_all_suites",
               "oracle_reward_harmful", "oracle_reward_benign", "refusal_rate_harmful", "refusal_rate_benign",
               "cost_sign_agreement", "final_lambda")
@@ -268,6 +258,8 @@ def plot_frontier(per_seed: dict[int, dict], path: Path) -> None:
 
 
 def report(root: Path) -> None:
+    from safebench.reports.scorers import wilson
+
     conditions = {"binding": METHODS, "slack": SLACK_METHODS}
     out: dict = {"selection_seeds": list(SELECTION_SEEDS), "conditions": {}}
     for condition, methods in conditions.items():
@@ -295,8 +287,8 @@ def report(root: Path) -> None:
             entry["scorers"][role] = {key: interval([r[key] for r in rows]) for key in rows[0]
                                       if all(key in r for r in rows)}
             entry["scorers"][role]["wilson_accuracy_per_seed"] = {
-                s: wilson(per_seed[s]["scorers"][role]["heldout_accuracy"] * per_seed[s]["scorers"][role]["heldout_pairs"],
-                          per_seed[s]["scorers"][role]["heldout_pairs"]) for s in seeds}
+                s: wilson(per_seed[s]["scorers"][role]["heldout_accuracy"], int(per_seed[s]["scorers"][role]["heldout_pairs"]))
+                for s in seeds}
         entry["per_seed"] = {s: {name: {k: v for k, v in m.items() if k not in ("curves", "per_prompt_mean_cost")}
                                  for name, m in per_seed[s]["methods"].items()} for s in seeds}
         out["conditions"][condition] = entry
