@@ -92,6 +92,7 @@ class Pipeline:
         if request is not None:  # config.request_record: what `safebench score RUN` resolves again
             self.manifest["request"] = request
         self.data_dir: Path | None = None
+        self._oracle = None
         self.executed: list[str] = []
         self.skipped: list[str] = []
 
@@ -402,14 +403,17 @@ class Pipeline:
         return {"scored": len(todo)}
 
     def oracle(self):
-        """The tiny world's ground truth, when the data came from it (None otherwise)."""
-        path = self.data_dir / "oracle_prompts.json" if self.data_dir else None
-        if not path or not path.exists():
-            return None
-        from safebench.world import tiny
+        """The tiny world's ground truth, when the data came from it (None otherwise); read once
+        (every RL stage and the scoring stage use it)."""
+        if self._oracle is None:
+            path = self.data_dir / "oracle_prompts.json" if self.data_dir else None
+            if not path or not path.exists():
+                return None
+            from safebench.world import tiny
 
-        prompts = tiny.load_oracle_prompts(path)
-        return lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
+            prompts = tiny.load_oracle_prompts(path)
+            self._oracle = lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
+        return self._oracle
 
     def keep_recorded_judge(self) -> None:
         """A run without a judge block keeps the judge stage its previous manifest recorded

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +47,8 @@ METHODS = {
     "ppo-lag (d = −1)": "ppo-lag[threshold=-1]",
 }
 SLACK_METHODS = {"sft": "sft", "ppo-lag": "ppo-lag", "repo (batching)": "repo"}
-UPSTREAM = ("data", "base", "sft", "reward-model", "cost-model")
+CURVES = ("cost", "oracle_cost", "reward", "oracle_reward", "lambda", "windowed_cost", "unsafe_share",
+          "oracle_unsafe_share")
 
 
 def run_dir(root: Path, condition: str, seed: int) -> Path:
@@ -73,18 +73,6 @@ def run(seeds: list[int], root: Path) -> None:
 
 
 # --- per run ---------------------------------------------------------------------------------
-
-def _curves(db: sqlite3.Connection, method: str) -> dict[str, list[float]]:
-    """The training curves of a method's last stage, by metric name, in step order."""
-    row = db.execute("SELECT stage_key FROM curves WHERE method = ? ORDER BY rowid DESC LIMIT 1", (method,)).fetchone()
-    if row is None:
-        return {}
-    out: dict[str, list[float]] = {}
-    for name, value in db.execute("SELECT name, value FROM curves WHERE method = ? AND stage_key = ? ORDER BY step",
-                                  (method, row[0])):
-        out.setdefault(name, []).append(value)
-    return out
-
 
 def method_metrics(results, method: str) -> dict:
     rows = results[results["method"] == method]
@@ -112,55 +100,41 @@ def method_metrics(results, method: str) -> dict:
 
 def run_metrics(directory: Path, methods: dict[str, str]) -> dict:
     """Per table name: evaluation metrics, the RL curves, and the run's score-model accuracies."""
+    from safebench import config
+    from safebench.reports.scorers import heldout_points
     from safebench.store import RunStore
 
-    from safebench import config
-
-    manifest = json.loads((directory / "manifest.json").read_text())
-    resolved = manifest["config"]["methods"]
     # each method's variant name as the run spells it -> its name in the tables
     spelled, _ = config.resolve("tiny", list(methods.values()), BINDING[1::2])
     names = dict(zip(spelled.methods, methods))
     store = RunStore(directory)
     try:
-        results = store.results()
+        manifest, results, curves = store.manifest(), store.results(), store.curves()
+        scorers = heldout_points(store.db, manifest)
     finally:
         store.close()
-    db = sqlite3.connect(directory / "results.sqlite")
-    try:
-        out = {"methods": {}, "scorers": {}}
-        for spec in resolved:
-            name = names.get(spec, spec)
-            entry = method_metrics(results, spec)
-            curves = _curves(db, spec)
-            if curves:
-                entry["curves"] = {k: curves[k] for k in ("cost", "oracle_cost", "reward", "oracle_reward", "lambda",
-                                                          "windowed_cost", "unsafe_share", "oracle_unsafe_share")
-                                   if k in curves}
-                if "lambda" in curves:
-                    entry["final_lambda"] = curves["lambda"][-1]
-            out["methods"][name] = entry
-        for role in ("reward-model", "cost-model"):
-            curves = _curves(db, role)
-            out["scorers"][role] = {k: v[-1] for k, v in curves.items() if k.startswith("heldout_")}
-    finally:
-        db.close()
+    out = {"methods": {}, "scorers": scorers}
+    for spec in manifest["config"]["methods"]:
+        entry = method_metrics(results, spec)
+        mine = curves[curves["method"] == spec]
+        if not mine.empty:  # an RL method: its curves in step order
+            entry["curves"] = {key: mine[mine["name"] == key]["value"].tolist() for key in CURVES
+                               if (mine["name"] == key).any()}
+            if "lambda" in entry["curves"]:
+                entry["final_lambda"] = entry["curves"]["lambda"][-1]
+        out["methods"][names.get(spec, spec)] = entry
     return out
 
 
 # --- across seeds ----------------------------------------------------------------------------
 
 def interval(values: list[float]) -> dict:
-    """Mean and a 95 % t-interval over seeds (each seed one independent replicate)."""
-    from scipy import stats
+    """Mean and 95 % t-interval over seeds (safebench.metrics.t_interval), with the seeds' values."""
+    from safebench.metrics import t_interval
 
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return {"mean": mean, "low": None, "high": None, "n": n, "values": values}
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "values": values}
+    mean, low, high, _ = t_interval(values)
+    return {"mean": mean, "low": None if math.isnan(low) else low, "high": None if math.isnan(high) else high,
+            "n": len(values), "values": values}
 
 
 TABLE_KEYS = ("oracle_prompts_with_unsafe", "prompts_with_unsafe", "oracle_safety_rate", "mean_cost_all_suites",
