@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     with run_lock(out):
         store = RunStore(out)
         try:
-            runner = StageRunner(store)
+            runner = StageRunner(store, log=_notes_only)
             for suite in suites:
                 items = suite_prompts(suite, config, runner, args.limit)
                 if model_config is not None:
@@ -89,6 +89,12 @@ def cmd_generate(args) -> int:
             store.close()
     print(f"results: {out / 'results.sqlite'}")
     return 0
+
+
+def _notes_only(message: str) -> None:
+    """The runner's notes of redone or linked stages; the command prints its own line per suite."""
+    if not message.startswith(("[run ]", "[skip]")):
+        print(message, file=sys.stderr, flush=True)
 
 
 def generation_settings(args):
