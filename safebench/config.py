@@ -545,7 +545,3 @@ def validate_recipe(name: str, data: dict, provenance: Provenance):
         return module.Recipe.model_validate(data)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, ("trainers", name), provenance)) from None
-
-
-def write_yaml(path: Path, data: dict) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))

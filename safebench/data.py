@@ -130,8 +130,8 @@ def _sft_from_preference(records: list[dict]) -> list[dict]:
 
 # --- pyrit-human-labels: real human labels that ship in the pyrit wheel (the smol preset) ------
 #
-# No package carries preference data with both helpfulness and safety labels (see
-# shared/design/assets.md), so this source builds the smallest honest stand-in from people's
+# No package carries preference data with both helpfulness and safety labels (docs/fidelity.md,
+# "Data of the smol preset"), so this source builds the smallest honest stand-in from people's
 # labels in pyrit 1.1.0 (MIT), read from the sha256-pinned wheel, never copied into the repo:
 #
 #   preference  two responses to the same red-team prompt (scorer_evals/harm/*.csv) whose mean

@@ -19,8 +19,6 @@ from safebench.errors import UsageError
 from safebench.reports.scorers import ScorerFigure, heldout_points, scorer_figures
 from safebench.store import RunStore
 
-# The top-level reports/ folder of the repository: templates, reference tables, baselines.
-REPORTS_ROOT = Path(__file__).resolve().parents[2] / "reports"
 BASELINE_METHOD = "sft"
 EXAMPLE_CHARS = 600
 

@@ -74,7 +74,7 @@ class JudgeConfig(BaseModel):
     @classmethod
     def _oracle_judge_model(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("endpoint") == TINY_ORACLE_ENDPOINT:
-            # Any base_url given (e.g. a config that used to record the default) is dropped:
+            # Any base_url given (e.g. a recorded config holding the default) is dropped:
             # the oracle judge is always the server the stage starts itself.
             return {"model": TINY_ORACLE_MODEL, **data, "base_url": None}
         return data
