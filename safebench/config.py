@@ -10,7 +10,6 @@ import copy
 import itertools
 import json
 import re
-from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
