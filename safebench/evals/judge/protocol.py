@@ -2,7 +2,7 @@
 
 A protocol is one way of asking a judge: `safebench/evals/judge/NAME.py` defines
 `PROTOCOL = SomeProtocol()` and `evals/judge/NAME.jinja2` its prompt. The templates name the
-protocols (`protocol_names`, no import), so config validation, `safebench list protocols` and
+protocols (`PROTOCOLS`, no import), so config validation, `safebench list protocols` and
 the CLI list them without loading anything; the stage, the metrics and the tiny oracle judge
 ask the protocol object and know no protocol by name.
 """
@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator
 
 from safebench.evals.judge.parsing import Parsed, parse_choice
+from safebench.registry import Plugins
 
 
 @dataclass
@@ -176,43 +177,23 @@ def scored_by_method_and_suite(rows: list[dict]) -> Iterator[tuple[str, str, lis
 
 # --- the registry --------------------------------------------------------------------------------
 
-_REGISTERED: dict[str, JudgeProtocol] = {}
+def _template_names() -> list[str]:
+    from safebench.evals.judge.templates import templates_dir
+
+    return [p.stem for p in templates_dir().glob("*.jinja2")]
 
 
-def register(protocol: JudgeProtocol) -> JudgeProtocol:
-    """Add a protocol defined outside safebench/evals/judge (its template must exist too)."""
-    _REGISTERED[protocol.name] = protocol
-    return protocol
+# A protocol NAME is evals/judge/NAME.jinja2 plus `PROTOCOL` in safebench/evals/judge/NAME.py.
+PROTOCOLS = Plugins("judge protocol", "safebench.evals.judge", "PROTOCOL", _template_names)
 
 
 def protocol_names() -> list[str]:
-    """The protocols there are: one per template in evals/judge/, plus any registered."""
-    from safebench.evals.judge.templates import templates_dir
-
-    return sorted({p.stem for p in templates_dir().glob("*.jinja2")} | set(_REGISTERED))
+    return PROTOCOLS.names()
 
 
 def get_protocol(name: str) -> JudgeProtocol:
-    """The protocol `name`: a registered one, or `PROTOCOL` of safebench/evals/judge/NAME.py."""
-    import importlib
-
-    from safebench.errors import UsageError
-
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name not in protocol_names():
-        raise UsageError(f"unknown judge protocol '{name}'; available: {', '.join(protocol_names())}")
-    try:
-        module = importlib.import_module(f"safebench.evals.judge.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"safebench.evals.judge.{name}":
-            raise UsageError(f"judge protocol '{name}' has a template but no module safebench/evals/judge/{name}.py") from None
-        raise
-    protocol = getattr(module, "PROTOCOL", None)
-    if not isinstance(protocol, JudgeProtocol):
-        raise UsageError(f"safebench/evals/judge/{name}.py defines no PROTOCOL (a JudgeProtocol)")
-    return protocol
+    return PROTOCOLS.get(name)
 
 
-def all_protocols() -> Sequence[JudgeProtocol]:
+def all_protocols() -> list[JudgeProtocol]:
     return [get_protocol(name) for name in protocol_names()]
