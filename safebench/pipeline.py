@@ -31,9 +31,7 @@ from safebench.hashing import sha256_dir, sha256_file, stable_hash
 from safebench.runlock import run_lock
 from safebench.store import RunStore, atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
-
-# Bump when the tiny world's generator changes, so cached data stages are not reused.
-WORLD_VERSION = 2
+from safebench.world.tiny import WORLD_VERSION
 
 
 def git_state() -> dict:
@@ -329,8 +327,9 @@ class Pipeline:
             return key, directory / "model"
         from safebench import assets
 
-        key, path = assets.resolve_base_model(self, policy)
-        return key, path
+        base = assets.resolve_base_model(policy, self.stage, lambda key: self.store.stage_meta("base", key))
+        self.manifest["assets"].update(base.assets)
+        return base.key, base.path
 
     def evaluate(self, method_keys, method_dirs, scorer_keys, scorer_dirs) -> None:
         from safebench.evals.scoring import Scorer

@@ -161,7 +161,7 @@ def data_dir_for(suite, config, store) -> Path | None:
         return None
     from safebench import data as data_module
     from safebench.hashing import stable_hash
-    from safebench.pipeline import WORLD_VERSION
+    from safebench.world.tiny import WORLD_VERSION
 
     if config.data.source != "tiny-world":
         raise UsageError(f"suite '{suite.name}' needs the tiny world's data; the preset has data.source: "
