@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 from safebench.evals.judge.parsing import Parsed, parse_choice
+from safebench.evals.judge.templates import JudgeTemplate, load_template, templates_dir
 from safebench.registry import Plugins
 
 
@@ -50,9 +51,7 @@ class JudgeProtocol:
     # Template variables filled from the samples (the oracle judge reads them back).
     slots: ClassVar[tuple[str, ...]] = ("prompt", "response")
 
-    def template(self):
-        from safebench.evals.judge.templates import load_template
-
+    def template(self) -> JudgeTemplate:
         return load_template(self.name)
 
     def variants(self) -> list[dict]:
@@ -178,8 +177,6 @@ def scored_by_method_and_suite(rows: list[dict]) -> Iterator[tuple[str, str, lis
 # --- the registry --------------------------------------------------------------------------------
 
 def _template_names() -> list[str]:
-    from safebench.evals.judge.templates import templates_dir
-
     return [p.stem for p in templates_dir().glob("*.jinja2")]
 
 
