@@ -87,3 +87,13 @@ def test_a_new_judge_protocol_is_registered_by_name(monkeypatch, capsys):
     assert [r.item_id for r in requests] == ["politeness|g|p|0|r0", "politeness|g|p|0|r1"] and notes == []
     assert "go away" in requests[0].messages[0]["content"]
     assert protocol.parse("Tone: rude").value == "rude"
+    # the reports read its verdicts through it
+    import pandas as pd
+
+    from safebench import metrics
+
+    judgments = pd.DataFrame([{"method": "m", "suite": "s", "prompt_id": "p", "sample_idx": 0, "protocol": "politeness",
+                               "status": "scored", "value": '"polite"', "criterion": "politeness", "order_ab": "-"}])
+    verdicts = metrics._verdicts_from_judgments(judgments)
+    assert verdicts[["criterion", "value", "status"]].to_dict("records") == [
+        {"criterion": "politeness", "value": 1.0, "status": "ok"}]
