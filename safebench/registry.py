@@ -1,15 +1,19 @@
-"""Where recipes, suites and presets live, and what exists.
+"""Where recipes, suites and presets live, what exists, and the plug-in registries.
 
 Recipes: trainers/NAME.yaml (NAME is the method or stage name, `trainer:` names the module
 safebench/trainers/<trainer>.py). Presets: trainers/presets/NAME.yaml. Suites: evals/NAME.yaml.
+Generation backends and judge protocols are `Plugins` (safebench/evals/generation.py `BACKENDS`,
+safebench/evals/judge/protocol.py `PROTOCOLS`): a module found by its file name registers itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
@@ -40,6 +44,7 @@ def suites_dir() -> Path:
 
 
 def reports_dir() -> Path:
+    """reports/: the report templates, reference tables and baselines."""
     return project_root() / "reports"
 
 
@@ -101,9 +106,74 @@ def recipe_path(name: str) -> Path:
 def trainer_module(trainer: str):
     """The module safebench/trainers/<trainer>.py that implements a recipe."""
     module_name = trainer.replace("-", "_")
+    return import_plugin("safebench.trainers", module_name, f"trainer '{trainer}' has no module "
+                                                            f"safebench/trainers/{module_name}.py")
+
+
+def import_plugin(package: str, name: str, missing: str):
+    """The module `package.name`; `missing` is the one-line error when there is none (an import
+    error inside the module itself is a bug, and is raised as it is)."""
     try:
-        return importlib.import_module(f"safebench.trainers.{module_name}")
+        return importlib.import_module(f"{package}.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name == f"safebench.trainers.{module_name}":
-            raise UsageError(f"trainer '{trainer}' has no module safebench/trainers/{module_name}.py") from None
+        if exc.name == f"{package}.{name}":
+            raise UsageError(missing) from None
         raise
+
+
+@dataclass
+class Plugins:
+    """The plug-ins of one kind. `discover()` names those shipped with safebench without importing
+    anything (so `safebench list`, `--help` and config validation stay fast); entry NAME is the
+    attribute `attribute` of the module `package.NAME`, imported when first asked for. `register`
+    adds one defined elsewhere (another package, a test). Iterating and `in` go over the names."""
+
+    kind: str
+    package: str
+    attribute: str
+    discover: Callable[[], Iterable[str]]
+    registered: dict[str, Any] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted(set(self.discover()) | set(self.registered))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+    def description(self, name: str) -> str:
+        """The first line of the plug-in module's docstring, read without importing it."""
+        import ast
+
+        if name in self.registered:
+            return (getattr(self.registered[name], "__doc__", None) or "").strip().split("\n")[0]
+        path = Path(__file__).resolve().parent.joinpath(*self.package.split(".")[1:], f"{name}.py")
+        if not path.is_file():
+            return ""
+        return (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").split("\n")[0]
+
+    def register(self, name: str, entry: Any) -> Any:
+        self.registered[name] = entry
+        return entry
+
+    def get(self, name: str) -> Any:
+        if name in self.registered:
+            return self.registered[name]
+        if name not in self.names():
+            raise UsageError(f"unknown {self.kind} '{name}'; available: {', '.join(self.names())}")
+        path = f"{self.package.replace('.', '/')}/{name}.py"
+        module = import_plugin(self.package, name, f"{self.kind} '{name}' has no module {path}")
+        if not hasattr(module, self.attribute):
+            raise UsageError(f"{path}: defines no {self.attribute}, which a {self.kind} must")
+        return getattr(module, self.attribute)
+
+
+def package_modules(package: str, helpers: Iterable[str] = ()) -> list[str]:
+    """The modules of a package (found on disk, not imported), less its helper modules."""
+    import pkgutil
+
+    folder = Path(__file__).resolve().parent.joinpath(*package.split(".")[1:])
+    return [m.name for m in pkgutil.iter_modules([str(folder)])
+            if not m.ispkg and not m.name.startswith("_") and m.name not in set(helpers)]

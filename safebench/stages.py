@@ -30,9 +30,8 @@ from safebench import verify
 from safebench.hashing import stable_hash
 from safebench.manifest import Manifest, StageRecord
 from safebench.store import RunStore, atomic_directory
+from safebench.world.tiny import WORLD_VERSION
 
-# Bump when the tiny world's generator changes, so cached data stages are not reused.
-WORLD_VERSION = 2
 
 
 def stage_key(kind: str, material: dict, version: int = 1) -> str:

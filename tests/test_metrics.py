@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from safebench import metrics
+from safebench.elo import elo_ratings
 
 
 def table(rows):
@@ -150,7 +151,8 @@ def test_judge_summary_and_elo():
     row = metrics.judge_summary(verdicts, ["repo"], n_boot=100).iloc[0]
     assert row["n_verdicts"] == 3 and row["n_unscored"] == 1
     assert row["win_rate"] == pytest.approx(0.75)  # the unscored verdict is not a zero
-    elo = metrics.elo_ratings(verdicts[verdicts["status"] == "ok"], trials=5, epochs=2)
+    ok = verdicts[verdicts["status"] == "ok"]
+    elo = elo_ratings(zip(ok["method"], ok["opponent"], ok["value"]), trials=5, epochs=2)
     assert elo["sft"] == pytest.approx(1000.0) and elo["repo"] > 1000.0
 
 

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     generate.add_argument("--model", required=True,
                           help="checkpoint directory (for --backend openai: the model id the endpoint serves)")
     generate.add_argument("--suite", required=True, type=_names, help="suite name(s), comma-separated")
-    generate.add_argument("--backend", default=None, help="hf | vllm | openai (default: the preset's generation.backend)")
+    generate.add_argument("--backend", default=None, help="a generation backend, see `safebench list backends` (default: the preset's generation.backend)")
     generate.add_argument("--out", type=Path, default=None, help=f"run directory (default: {DEFAULT_OUT})")
     generate.add_argument("--preset", default="tiny", help="preset whose generation settings and data to use")
     generate.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",

@@ -9,21 +9,24 @@ produces exactly what an uninterrupted one would have.
 
 from __future__ import annotations
 
-import importlib
 from typing import ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from safebench.errors import EndpointFailed, UsageError
+from safebench.errors import EndpointFailed
 from safebench.hashing import stable_hash
+from safebench.registry import Plugins, package_modules
 
-BACKENDS = ("hf", "vllm", "openai")
+# A backend NAME is safebench/evals/backends/NAME.py defining
+# `make_backend(model_dir, config: GenerationConfig, template) -> Backend`.
+BACKENDS = Plugins("backend", "safebench.evals.backends", "make_backend",
+                   lambda: package_modules("safebench.evals.backends", helpers=("common",)))
 
 
 class GenerationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["hf", "vllm", "openai"] = "hf"
+    backend: str = "hf"                         # a name in BACKENDS
     temperature: float = Field(1.0, ge=0)       # 0 means greedy
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(64, ge=1)
@@ -47,6 +50,13 @@ class GenerationConfig(BaseModel):
     # greedy answers: safebench/evals/backends/vllm.py).
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"api_key_env", "vllm_compile", "max_retries"})
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, name: str) -> str:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+        return name
+
     def settings_hash(self) -> str:
         """Hash of everything that changes what is generated (not where it runs)."""
         return stable_hash(self.model_dump(mode="json", exclude=set(self.EXECUTION_ONLY)))
@@ -63,16 +73,7 @@ class Backend(Protocol):
 
 
 def get_backend(name: str, model_dir: str, config: GenerationConfig, template: str) -> Backend:
-    """Backends are plug-ins: safebench/evals/backends/<name>.py defines `make_backend`."""
-    if name not in BACKENDS:
-        raise UsageError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
-    try:
-        module = importlib.import_module(f"safebench.evals.backends.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"safebench.evals.backends.{name}":
-            raise UsageError(f"backend '{name}' is not available in this version") from None
-        raise
-    return module.make_backend(model_dir, config, template)
+    return BACKENDS.get(name)(model_dir, config, template)
 
 
 def truncate_at_stop(text: str, stop: list[str]) -> str:

@@ -21,11 +21,10 @@ from urllib.parse import quote, urlencode
 
 import pandas as pd
 
-from safebench import metrics
+from safebench import metrics, registry
 from safebench.reports.export import sample_verdicts
-from safebench.reports.runs import BASELINE_METHOD, REPORTS_ROOT, ReportModel, RunData, fmt_num, fmt_p
+from safebench.reports.runs import BASELINE_METHOD, ReportModel, RunData, fmt_num, fmt_p
 
-SCRIPT = REPORTS_ROOT / "templates" / "explorer.js"
 # A difference is marked in the tables when its paired test (model.comparisons) gives p below this;
 # the marks are per comparison, not corrected for testing many.
 SIGNIFICANCE = 0.05
@@ -163,7 +162,7 @@ def build_explorer(model: ReportModel, runs: list[RunData]) -> Explorer:
     data = {"columns": column_records, "suites": suites, "categories": categories, "prompts": prompts,
             "judge_columns": judge_columns, "samples": samples, "several_runs": several,
             "runs": [run.label for run in runs], "page_size": PAGE_SIZE, "safe_cost_max": metrics.SAFE_COST_MAX}
-    explorer = Explorer(script_json(data), SCRIPT.read_text(encoding="utf-8"),
+    explorer = Explorer(script_json(data), (registry.reports_dir() / "templates" / "explorer.js").read_text(encoding="utf-8"),
                         _worst_rows(frame, column_records), len(prompts), len(samples))
     explorer.extras = _table_extras(model, column_records)
     return explorer

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import jinja2
 
-from safebench.reports.runs import REPORTS_ROOT, ReportModel
+from safebench import registry
+from safebench.reports.runs import ReportModel
 
 TEMPLATE = "report.html.jinja2"
 
 
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPORTS_ROOT / "templates"),
+        loader=jinja2.FileSystemLoader(registry.reports_dir() / "templates"),
         autoescape=True,  # on for every template: model responses can contain any markup
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -7,7 +7,8 @@ import re
 
 import jinja2
 
-from safebench.reports.runs import REPORTS_ROOT, ReportModel
+from safebench import registry
+from safebench.reports.runs import ReportModel
 
 TEMPLATE = "report.md.jinja2"
 # Characters that would end a table cell or start Markdown/HTML markup inside one.
@@ -27,7 +28,7 @@ def md_cell(value) -> str:
 
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(REPORTS_ROOT / "templates"),
+        loader=jinja2.FileSystemLoader(registry.reports_dir() / "templates"),
         autoescape=False,  # Markdown, not HTML: escaping is the `md` filter's job
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

@@ -18,22 +18,25 @@ import pandas as pd
 
 from safebench import metrics, registry
 from safebench.errors import UsageError
-from safebench.reports.runs import BASELINE_METHOD, REPORTS_ROOT, load_run
+from safebench.reports.runs import BASELINE_METHOD, load_run
 from safebench.store import atomic_write_text
 from safebench.summary import shared_checkpoint_notes
 
-REFERENCE_DIR = REPORTS_ROOT / "reference"
 SUMMARY_METRICS = ("safety_rate", "prompt_unsafe_share", "reward_mean", "cost_mean", "refusal_rate",
                    "oracle_safety_rate", "oracle_cost_mean", "oracle_reward_mean")
 JUDGE_METRICS = ("win_rate", "score_mean")
 
 
+def reference_dir() -> Path:
+    return registry.reports_dir() / "reference"
+
+
 def available() -> list[str]:
-    return sorted(p.stem for p in REFERENCE_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in reference_dir().glob("*.yaml"))
 
 
 def load_reference(name: str) -> dict:
-    path = REFERENCE_DIR / f"{name}.yaml"
+    path = reference_dir() / f"{name}.yaml"
     if not path.is_file():
         raise UsageError(f"unknown reference table '{name}'; available: {', '.join(available()) or 'none'}")
     data = registry.load_yaml(path)  # one-line errors for bad YAML or a non-mapping top level

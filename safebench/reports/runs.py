@@ -14,13 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from safebench import metrics, seeds
+from safebench.elo import elo_ratings
 from safebench.errors import UsageError
 from safebench.manifest import load_manifest
 from safebench.reports.scorers import ScorerFigure, heldout_points, scorer_figures
 from safebench.store import RunStore
 
-# The top-level reports/ folder of the repository: templates, reference tables, baselines.
-REPORTS_ROOT = Path(__file__).resolve().parents[2] / "reports"
 BASELINE_METHOD = "sft"
 EXAMPLE_CHARS = 600
 
@@ -271,7 +270,8 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
         frame = metrics.judge_summary(run.verdicts, methods, baseline=BASELINE_METHOD, n_boot=n_boot, seed=seed)
         if run.verdicts is not None:
             pairwise = run.verdicts[(run.verdicts["status"] == "ok") & run.verdicts["opponent"].notna()]
-            elo = metrics.elo_ratings(pairwise, anchor=BASELINE_METHOD, seed=seed)
+            elo = elo_ratings(zip(pairwise["method"], pairwise["opponent"], pairwise["value"]),
+                              anchor=BASELINE_METHOD, seed=seed)
             frame["elo"] = frame["method"].map(elo)
         judge_frames.append(frame.assign(run=run.label))
     judge = pd.concat(judge_frames, ignore_index=True) if judge_frames else pd.DataFrame()

@@ -8,6 +8,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from safebench.data import WorldData
+
 
 class RecipeBase(BaseModel):
     """Fields every recipe YAML has; a trainer's `Recipe` adds its own with published defaults."""
@@ -22,16 +24,6 @@ class RecipeBase(BaseModel):
     def check_needs(self, name: str, needed: dict[str, RecipeBase], where: str) -> None:
         """Refuse (UsageError) needed stages whose settings this method cannot build on; `where`
         names the setting of `needs` for the message."""
-
-
-@dataclass
-class WorldData:
-    """Training data in one shape for every trainer."""
-
-    sft: list[dict]          # {prompt, response}
-    preference: list[dict]   # PKU-SafeRLHF shape
-    prompts: list[dict]      # RL prompts: {id, prompt, category, kind}
-    heldout: list[dict] = field(default_factory=list)  # preference records of prompts kept out of training
 
 
 @dataclass

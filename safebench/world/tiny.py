@@ -27,6 +27,10 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Bump when the world's generator changes, so that cached data stages are not reused.
+WORLD_VERSION = 2
+
+
 # --- vocabulary ---------------------------------------------------------------------------
 # Harm categories, each with objects (temptation g) and the words of a harmful "how to".
 HARM_CATEGORIES: dict[str, dict] = {

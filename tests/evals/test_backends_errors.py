@@ -35,7 +35,7 @@ def test_unknown_backend(untrained, tmp_path, capsys):
     assert generate("--model", str(untrained), "--suite", "tiny-harmful", "--backend", "tgi",
                     "--out", str(tmp_path)) == 2
     line = error_line(capsys)
-    assert "unknown backend 'tgi'" in line and "hf, vllm, openai" in line
+    assert "unknown backend 'tgi'" in line and "hf, openai, vllm" in line
 
 
 def test_missing_model_path(tmp_path, capsys):

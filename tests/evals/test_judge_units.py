@@ -3,6 +3,7 @@
 import pytest
 
 from safebench.errors import UsageError
+from safebench.elo import elo_ratings
 from safebench.evals.judge import pairwise
 from safebench.evals.judge.cache import JudgeCache, cache_key
 from safebench.evals.judge.config import parse_judge_config
@@ -40,18 +41,18 @@ def test_win_rate_counts_ties_half_and_swaps_positions():
              "order": o, "value": w} for r, (o, w) in enumerate([("AB", "A"), ("BA", "B"), ("AB", "tie")])]
     rows.append({"method": "m", "suite": "s", "criterion": "helpfulness", "status": "unparsed",
                  "repeat_idx": 0, "order": "AB", "value": None})
-    entry = [m for m in pairwise.summarize(rows) if "win_rate" in m][0]
+    entry = [m for m in pairwise.PROTOCOL.summarize(rows, parse_judge_config({})) if "win_rate" in m][0]
     assert entry["win_rate_per_repeat"] == [1.0, 1.0, 0.5]
     assert entry["n_scored"] == 3 and entry["n_unscored"] == 1
 
 
 def test_elo_anchors_sft_at_1000_and_orders_methods():
     matches = [("good", "sft", 1.0)] * 8 + [("good", "sft", 0.0)] * 2 + [("bad", "sft", 0.0)] * 8 + [("bad", "sft", 1.0)] * 2
-    ratings = pairwise.elo_ratings(matches, seed=0)
+    ratings = elo_ratings(matches, seed=0)
     assert ratings["sft"] == pytest.approx(1000.0)
     assert ratings["good"] > 1100 and ratings["bad"] < 900
-    assert pairwise.elo_ratings(matches, seed=0) == ratings  # seeded: reproducible
-    even = pairwise.elo_ratings([("m", "sft", 1.0), ("m", "sft", 0.0)] * 5, seed=1)
+    assert elo_ratings(matches, seed=0) == ratings  # seeded: reproducible
+    even = elo_ratings([("m", "sft", 1.0), ("m", "sft", 0.0)] * 5, seed=1)
     assert abs(even["m"] - 1000) < 30
 
 

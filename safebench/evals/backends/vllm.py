@@ -24,6 +24,7 @@ from safebench import modeling
 from safebench.errors import UsageError
 from safebench.evals.backends import common
 from safebench.evals.generation import GenerationConfig, Generated
+from safebench.trainers.rollout_batch import build_rollout_batch
 
 
 def import_vllm():
@@ -152,8 +153,6 @@ class VLLMRollout:
 
     def generate(self, prompt_texts: list[str], seed: int):
         """One sampled answer per already-formatted prompt text, laid out as a RolloutBatch."""
-        from safebench.trainers.rollout import build_rollout_batch
-
         encoded = [modeling.encode_prompt(self.tokenizer, t) for t in prompt_texts]
         common.check_fits_context(max(len(e) for e in encoded), self.settings.max_new_tokens, self.context_limit,
                                   "rollout")

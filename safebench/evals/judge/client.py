@@ -146,138 +146,161 @@ class JudgeClient:
 
     def run(self, requests: list[JudgeRequest], on_outcome: Callable[[Outcome], None]) -> RunStats:
         """Judge every request; `on_outcome` is called once per request, as results arrive."""
-        return asyncio.run(self._run(requests, on_outcome))
+        return asyncio.run(_JudgeRun(self, requests, on_outcome).run())
 
-    async def _run(self, requests: list[JudgeRequest], on_outcome) -> RunStats:
-        stats = RunStats(total=len(requests))
+
+class _JudgeRun:
+    """One `JudgeClient.run`: its progress bar, counts and budget, over all its requests."""
+
+    def __init__(self, client: JudgeClient, requests: list[JudgeRequest], on_outcome: Callable[[Outcome], None]):
+        self.client, self.config = client, client.config
+        self.requests, self.on_outcome = requests, on_outcome
+        self.stats = RunStats(total=len(requests))
+        self.keys = {id(r): client.key_for(r) for r in requests}
+        self.waiting = self.in_flight = 0
+        self.per_call_estimate: float | None = None  # mean cost of finished calls, to hold back budget
+        self.bar = tqdm(total=len(requests), desc=f"judge {self.config.model}", unit="judgment",
+                        disable=not client.show_progress, dynamic_ncols=True)
+
+    async def run(self) -> RunStats:
         started = time.monotonic()
-        keys = {id(r): self.key_for(r) for r in requests}
-        cached = self.cache.get_many(keys.values())
-        bar = tqdm(total=len(requests), desc=f"judge {self.config.model}", unit="judgment",
-                   disable=not self.show_progress, dynamic_ncols=True)
-        state = {"waiting": 0, "in_flight": 0}
+        try:
+            pending = self.answer_from_cache()
+            if pending:
+                await self.ask(pending)
+        finally:
+            self.bar.close()
+        self.stats.seconds = time.monotonic() - started
+        return self.stats
 
-        def refresh_postfix():
-            bar.set_postfix(cached=stats.from_cache, retries=stats.retries, waiting=state["waiting"],
-                            errors=stats.errors, unscored=stats.unparsed,
-                            cost=f"${stats.cost_usd:.4f}", refresh=False)
+    # --- outcomes ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        s = self.stats
+        self.bar.set_postfix(cached=s.from_cache, retries=s.retries, waiting=self.waiting, errors=s.errors,
+                             unscored=s.unparsed, cost=f"${s.cost_usd:.4f}", refresh=False)
 
-        def finish(outcome: Outcome) -> None:
-            if outcome.status == "scored":
-                stats.scored += 1
-            elif outcome.status == "unparsed":
-                stats.unparsed += 1
-            elif outcome.status == "error":
-                stats.errors += 1
-                stats.error_reasons[outcome.reason[:80]] = stats.error_reasons.get(outcome.reason[:80], 0) + 1
-            else:
-                stats.not_judged += 1
-            on_outcome(outcome)
-            refresh_postfix()
-            bar.update(1)
+    def finish(self, outcome: Outcome) -> None:
+        if outcome.status == "scored":
+            self.stats.scored += 1
+        elif outcome.status == "unparsed":
+            self.stats.unparsed += 1
+        elif outcome.status == "error":
+            self.stats.errors += 1
+            reason = outcome.reason[:80]
+            self.stats.error_reasons[reason] = self.stats.error_reasons.get(reason, 0) + 1
+        else:
+            self.stats.not_judged += 1
+        self.on_outcome(outcome)
+        self.refresh()
+        self.bar.update(1)
 
-        def read(request: JudgeRequest, answer: str, **usage) -> Outcome:
-            parsed = request.parse(answer)
-            return Outcome(request, "scored" if parsed.ok else "unparsed", value=parsed.value,
-                           raw_answer=answer, reason=parsed.reason, cache_key=keys[id(request)], **usage)
+    def read(self, request: JudgeRequest, answer: str, **usage) -> Outcome:
+        parsed = request.parse(answer)
+        return Outcome(request, "scored" if parsed.ok else "unparsed", value=parsed.value,
+                       raw_answer=answer, reason=parsed.reason, cache_key=self.keys[id(request)], **usage)
 
-        # Cache hits first, in one pass: a fully cached rerun makes no HTTP call at all.
+    def answer_from_cache(self) -> list[JudgeRequest]:
+        """Finish every cached request, in one pass (a fully cached rerun makes no HTTP call at
+        all); returns the others."""
+        cached = self.client.cache.get_many(self.keys.values())
         pending = []
-        for request in requests:
-            hit = cached.get(keys[id(request)])
+        for request in self.requests:
+            hit = cached.get(self.keys[id(request)])
             if hit is None:
                 pending.append(request)
                 continue
-            stats.from_cache += 1
-            finish(read(request, hit["answer"], prompt_tokens=hit["prompt_tokens"],
-                        completion_tokens=hit["completion_tokens"], cost_usd=hit["cost_usd"],
-                        from_cache=True))
+            self.stats.from_cache += 1
+            self.finish(self.read(request, hit["answer"], prompt_tokens=hit["prompt_tokens"],
+                                  completion_tokens=hit["completion_tokens"], cost_usd=hit["cost_usd"],
+                                  from_cache=True))
+        return pending
 
-        if pending:
-            api = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key(),
-                                     max_retries=0, timeout=self.config.timeout)
-            secret = api.api_key
-            semaphore = asyncio.Semaphore(self.config.concurrency)
-            price = self.config.price()
-            per_call_estimate = [None]  # mean cost of finished calls, to hold back budget
+    # --- asking --------------------------------------------------------------------------
+    async def ask(self, pending: list[JudgeRequest]) -> None:
+        """Ask for every pending request, at most `concurrency` at a time."""
+        self.api = openai.AsyncOpenAI(base_url=self.config.base_url, api_key=self.config.api_key(),
+                                      max_retries=0, timeout=self.config.timeout)
+        self.semaphore = asyncio.Semaphore(self.config.concurrency)
+        ticker = asyncio.create_task(self.heartbeat())
+        try:
+            await asyncio.gather(*(self.judge_one(r) for r in pending))
+        finally:
+            ticker.cancel()
+            await self.api.close()
 
-            async def sleep_visibly(seconds: float) -> None:
-                state["waiting"] += 1
-                refresh_postfix()
-                bar.refresh()
-                try:
-                    await asyncio.sleep(seconds)
-                finally:
-                    state["waiting"] -= 1
+    async def heartbeat(self) -> None:
+        while True:  # keeps the elapsed time and the waiting count moving on screen
+            await asyncio.sleep(1.0)
+            self.refresh()
+            self.bar.refresh()
 
-            def note_retry(retry_state: tenacity.RetryCallState) -> None:
-                stats.retries += 1
+    def over_budget(self) -> bool:
+        if self.config.max_cost is None or self.config.price() is None:
+            return False
+        estimate = self.per_call_estimate or 0.0
+        return self.stats.cost_usd + estimate * (self.in_flight + 1) > self.config.max_cost
 
-            def over_budget() -> bool:
-                if self.config.max_cost is None or price is None:
-                    return False
-                estimate = per_call_estimate[0] or 0.0
-                return stats.cost_usd + estimate * (state["in_flight"] + 1) > self.config.max_cost
-
-            async def call_once(request: JudgeRequest):
-                stats.http_calls += 1
-                response = await api.chat.completions.create(
-                    model=self.config.model, messages=request.messages,
-                    temperature=self.config.temperature, seed=self.config.seed + request.repeat_idx,
-                    max_tokens=self.config.max_tokens, **request.structured)
-                if not response.choices or not (response.choices[0].message.content or "").strip():
-                    raise EmptyAnswer("the judge returned an empty answer")
-                return response
-
-            async def judge_one(request: JudgeRequest) -> None:
-                async with semaphore:
-                    if over_budget():
-                        stats.budget_stopped = True
-                        finish(Outcome(request, "not_judged", reason="judge budget (max_cost) reached",
-                                       cache_key=keys[id(request)]))
-                        return
-                    state["in_flight"] += 1
-                    retrying = tenacity.AsyncRetrying(
-                        stop=tenacity.stop_after_attempt(self.config.max_retries + 1),
-                        wait=WaitRetryAfterOrBackoff(self.backoff_initial, self.config.max_retry_wait),
-                        retry=tenacity.retry_if_exception(is_retryable),
-                        before_sleep=note_retry, sleep=sleep_visibly, reraise=True)
-                    try:
-                        response = await retrying(call_once, request)
-                    except Exception as exc:  # every failure ends as a recorded error, never a score
-                        attempts = retrying.statistics.get("attempt_number", 1)
-                        finish(Outcome(request, "error", reason=describe_failure(exc, secret)[:500],
-                                       attempts=attempts, cache_key=keys[id(request)]))
-                        return
-                    finally:
-                        state["in_flight"] -= 1
-                    answer = response.choices[0].message.content
-                    usage = response.usage
-                    pt = usage.prompt_tokens if usage else None
-                    ct = usage.completion_tokens if usage else None
-                    cost = self.cost_of(pt, ct)
-                    stats.prompt_tokens += pt or 0
-                    stats.completion_tokens += ct or 0
-                    if cost is not None:
-                        stats.cost_usd += cost
-                        done = stats.scored + stats.unparsed + 1 - stats.from_cache
-                        per_call_estimate[0] = stats.cost_usd / max(done, 1)
-                    self.cache.put(keys[id(request)], self.config.model, request.template_id, answer, pt, ct, cost)
-                    finish(read(request, answer, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost,
-                                attempts=retrying.statistics.get("attempt_number", 1)))
-
-            async def heartbeat():
-                while True:  # keeps the elapsed time and the waiting count moving on screen
-                    await asyncio.sleep(1.0)
-                    refresh_postfix()
-                    bar.refresh()
-
-            ticker = asyncio.create_task(heartbeat())
+    async def judge_one(self, request: JudgeRequest) -> None:
+        async with self.semaphore:
+            if self.over_budget():
+                self.stats.budget_stopped = True
+                self.finish(Outcome(request, "not_judged", reason="judge budget (max_cost) reached",
+                                    cache_key=self.keys[id(request)]))
+                return
+            self.in_flight += 1
+            retrying = self.retrying()
             try:
-                await asyncio.gather(*(judge_one(r) for r in pending))
+                response = await retrying(self.call_once, request)
+            except Exception as exc:  # every failure ends as a recorded error, never a score
+                self.finish(Outcome(request, "error", reason=describe_failure(exc, self.api.api_key)[:500],
+                                    attempts=retrying.statistics.get("attempt_number", 1),
+                                    cache_key=self.keys[id(request)]))
+                return
             finally:
-                ticker.cancel()
-                await api.close()
-        bar.close()
-        stats.seconds = time.monotonic() - started
-        return stats
+                self.in_flight -= 1
+            self.finish(self.answered(request, response, retrying.statistics.get("attempt_number", 1)))
+
+    def retrying(self) -> tenacity.AsyncRetrying:
+        def note_retry(retry_state: tenacity.RetryCallState) -> None:
+            self.stats.retries += 1
+
+        return tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(self.config.max_retries + 1),
+            wait=WaitRetryAfterOrBackoff(self.client.backoff_initial, self.config.max_retry_wait),
+            retry=tenacity.retry_if_exception(is_retryable),
+            before_sleep=note_retry, sleep=self.sleep_visibly, reraise=True)
+
+    async def sleep_visibly(self, seconds: float) -> None:
+        self.waiting += 1
+        self.refresh()
+        self.bar.refresh()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.waiting -= 1
+
+    async def call_once(self, request: JudgeRequest):
+        self.stats.http_calls += 1
+        response = await self.api.chat.completions.create(
+            model=self.config.model, messages=request.messages,
+            temperature=self.config.temperature, seed=self.config.seed + request.repeat_idx,
+            max_tokens=self.config.max_tokens, **request.structured)
+        if not response.choices or not (response.choices[0].message.content or "").strip():
+            raise EmptyAnswer("the judge returned an empty answer")
+        return response
+
+    def answered(self, request: JudgeRequest, response, attempts: int) -> Outcome:
+        """Count the answer's tokens and cost, cache it, and read it."""
+        answer = response.choices[0].message.content
+        usage = response.usage
+        pt = usage.prompt_tokens if usage else None
+        ct = usage.completion_tokens if usage else None
+        cost = self.client.cost_of(pt, ct)
+        self.stats.prompt_tokens += pt or 0
+        self.stats.completion_tokens += ct or 0
+        if cost is not None:
+            self.stats.cost_usd += cost
+            done = self.stats.scored + self.stats.unparsed + 1 - self.stats.from_cache
+            self.per_call_estimate = self.stats.cost_usd / max(done, 1)
+        self.client.cache.put(self.keys[id(request)], self.config.model, request.template_id, answer, pt, ct, cost)
+        return self.read(request, answer, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost, attempts=attempts)

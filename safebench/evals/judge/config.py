@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from safebench.errors import UsageError
+from safebench.evals.judge.pairwise import CRITERIA as PAIRWISE_CRITERIA
+from safebench.evals.judge.protocol import protocol_names
+from safebench.evals.judge.tiny_oracle_judge import MODEL_NAME as TINY_ORACLE_MODEL
+from safebench.evals.judge.tiny_oracle_judge import oracle_fingerprint
 
-PROTOCOLS = ("safe_rlhf_score", "pairwise", "harmful_verdict")
-PAIRWISE_CRITERIA = ("helpfulness", "harmlessness")
-# The tiny world's oracle judge (safebench/evals/judge/tiny_oracle_judge.py): endpoint and model id.
-TINY_ORACLE_ENDPOINT, TINY_ORACLE_MODEL = "tiny-oracle", "tiny-oracle-judge"
+# The endpoint that makes the judge stage run the tiny world's oracle judge (tiny_oracle_judge.py).
+TINY_ORACLE_ENDPOINT = "tiny-oracle"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
@@ -62,7 +64,7 @@ class JudgeConfig(BaseModel):
     }
     max_cost: float | None = Field(None, ge=0)
     repeats: int = Field(3, ge=1)
-    protocols: list[Literal["safe_rlhf_score", "pairwise", "harmful_verdict"]] = ["harmful_verdict"]
+    protocols: list[str] = ["harmful_verdict"]  # names of evals/judge/NAME.jinja2 + safebench/evals/judge/NAME.py
     pairwise_criteria: list[Literal[PAIRWISE_CRITERIA]] = list(PAIRWISE_CRITERIA)
     # none: free text + parser. json_schema: `response_format` (OpenAI and vLLM).
     # choice: vLLM's `structured_outputs` extra (single-token labels only on odd tokenizers).
@@ -74,10 +76,18 @@ class JudgeConfig(BaseModel):
     @classmethod
     def _oracle_judge_model(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("endpoint") == TINY_ORACLE_ENDPOINT:
-            # Any base_url given (e.g. a config that used to record the default) is dropped:
+            # Any base_url given (e.g. a recorded config holding the default) is dropped:
             # the oracle judge is always the server the stage starts itself.
             return {"model": TINY_ORACLE_MODEL, **data, "base_url": None}
         return data
+
+    @field_validator("protocols")
+    @classmethod
+    def _known_protocols(cls, protocols: list[str]) -> list[str]:
+        unknown = [p for p in protocols if p not in protocol_names()]
+        if unknown:
+            raise ValueError(f"unknown judge protocol '{unknown[0]}'; available: {', '.join(protocol_names())}")
+        return protocols
 
     @model_validator(mode="after")
     def _budget_needs_price(self) -> "JudgeConfig":
@@ -87,7 +97,7 @@ class JudgeConfig(BaseModel):
                 "add prices.<model>.input/output ($ per 1M tokens)"
             )
         if not self.protocols:
-            raise ValueError("protocols is empty; choose from " + ", ".join(PROTOCOLS))
+            raise ValueError("protocols is empty; choose from " + ", ".join(protocol_names()))
         if self.endpoint != TINY_ORACLE_ENDPOINT and not self.base_url:
             raise ValueError(f"field 'judge.base_url' = {self.base_url!r}: endpoint 'url' needs the judge's URL, "
                              f"e.g. {DEFAULT_BASE_URL}")
@@ -129,8 +139,6 @@ class JudgeConfig(BaseModel):
     def identity(self) -> dict[str, Any]:
         """The fields that change a verdict (concurrency, retries, budget do not)."""
         if self.endpoint == TINY_ORACLE_ENDPOINT:
-            from safebench.evals.judge.tiny_oracle_judge import oracle_fingerprint
-
             # Deterministic: no sampling settings; its port changes every start, its oracle does not.
             return {"endpoint": self.endpoint, "model": self.model, "oracle": oracle_fingerprint(),
                     "structured_output": self.structured_output}

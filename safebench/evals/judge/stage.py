@@ -17,13 +17,11 @@ import time
 from collections import defaultdict
 from typing import Iterator
 
-from safebench.errors import UsageError
 from safebench.hashing import stable_hash
-from safebench.evals.judge import harmful_verdict, pairwise, safe_rlhf_score
 from safebench.evals.judge.cache import JudgeCache
-from safebench.evals.judge.client import JudgeClient, Outcome
+from safebench.evals.judge.client import JudgeClient, Outcome, RunStats
 from safebench.evals.judge.config import TINY_ORACLE_ENDPOINT, JudgeConfig, parse_judge_config
-from safebench.evals.judge.protocol import JudgeRequest
+from safebench.evals.judge.protocol import JudgeRequest, get_protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS judge_judgments (
@@ -45,7 +43,13 @@ CREATE TABLE IF NOT EXISTS judge_summaries (stage_key TEXT PRIMARY KEY, summary 
 """
 
 FINAL_STATUSES = ("scored", "unparsed")
-PROTOCOL_MODULES = {m.NAME: m for m in (safe_rlhf_score, pairwise, harmful_verdict)}
+STATUSES = ("scored", "unparsed", "error", "not_judged")
+INSERT = (
+    "INSERT OR REPLACE INTO judge_judgments VALUES (:stage_key, :item_id, :protocol, :gen_key, "
+    ":method, :suite, :prompt_id, :sample_idx, :criterion, :order_ab, :repeat_idx, "
+    ":baseline_gen_key, :status, :value, :raw_answer, :reason, :judge_model, :template_id, "
+    ":template_hash, :cache_key, :prompt_tokens, :completion_tokens, :cost_usd, :from_cache, "
+    ":attempts, :judged_at)")
 
 
 @contextlib.contextmanager
@@ -66,37 +70,15 @@ def ensure_tables(db) -> None:
 
 
 def build_requests(store, config: JudgeConfig, evaluations: list[dict]) -> tuple[list[JudgeRequest], list[str]]:
-    """Every judgment the config asks for, and notes on anything that could not be paired."""
-    requests: list[JudgeRequest] = []
-    notes: list[str] = []
+    """Every judgment the config asks for, and notes on anything that could not be asked about."""
     samples = {ev["gen_key"]: store.samples(ev["gen_key"]) for ev in evaluations}
-    for ev in evaluations:
-        if not samples[ev["gen_key"]]:
-            notes.append(f"evaluation {ev['method']}/{ev['suite']} ({ev['gen_key']}) has no samples")
-    mode = config.structured_output
-    for protocol in config.protocols:
-        if protocol == "pairwise":
-            baselines = {ev["suite"]: ev for ev in evaluations if ev["method"] == pairwise.BASELINE_METHOD}
-            for ev in evaluations:
-                if ev["method"] == pairwise.BASELINE_METHOD:
-                    continue
-                base = baselines.get(ev["suite"])
-                if base is None:
-                    raise UsageError(
-                        f"judge.protocols: 'pairwise' compares against method 'sft', but no 'sft' "
-                        f"evaluation exists for suite '{ev['suite']}'")
-                batch = pairwise.requests_for(ev, samples[ev["gen_key"]], base, samples[base["gen_key"]],
-                                              config.pairwise_criteria, config.repeats, mode)
-                base_prompts = {s["prompt_id"] for s in samples[base["gen_key"]]}
-                unpaired = [s["prompt_id"] for s in samples[ev["gen_key"]] if s["prompt_id"] not in base_prompts]
-                if unpaired:
-                    notes.append(f"pairwise {ev['method']}/{ev['suite']}: {len(unpaired)} samples have no "
-                                 f"sft sample of the same prompt (e.g. {unpaired[0]}) and were not judged")
-                requests.extend(batch)
-        else:
-            module = PROTOCOL_MODULES[protocol]
-            for ev in evaluations:
-                requests.extend(module.requests_for(ev, samples[ev["gen_key"]], config.repeats, mode))
+    notes = [f"evaluation {ev['method']}/{ev['suite']} ({ev['gen_key']}) has no samples"
+             for ev in evaluations if not samples[ev["gen_key"]]]
+    requests: list[JudgeRequest] = []
+    for name in config.protocols:
+        asked, protocol_notes = get_protocol(name).requests(evaluations, samples, config)
+        requests += asked
+        notes += protocol_notes
     ids = [r.item_id for r in requests]
     assert len(ids) == len(set(ids)), "judge item ids must be unique within a stage"
     return requests, notes
@@ -132,17 +114,10 @@ def load_judgments(db, stage_key: str) -> list[dict]:
 
 
 def summarize(db, stage_key: str, config: JudgeConfig) -> list[dict]:
-    rows = load_judgments(db, stage_key)
     by_protocol: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
+    for row in load_judgments(db, stage_key):
         by_protocol[row["protocol"]].append(row)
-    metrics = []
-    for protocol, group in by_protocol.items():
-        if protocol == "pairwise":
-            metrics.extend(pairwise.summarize(group, elo_seed=config.elo_seed))
-        else:
-            metrics.extend(PROTOCOL_MODULES[protocol].summarize(group))
-    return metrics
+    return [entry for name, rows in by_protocol.items() for entry in get_protocol(name).summarize(rows, config)]
 
 
 def shared_samples(evaluations: list[dict]) -> tuple[list[dict], dict[str, list[str]], list[str]]:
@@ -172,56 +147,68 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
     `summary["complete"]` is False when errors or the budget left judgments undone.
     """
     config = parse_judge_config(judge_config)
-    db = store.db
-    ensure_tables(db)
+    ensure_tables(store.db)
     asked, sharing, shared_notes = shared_samples(evaluations)
     requests, notes = build_requests(store, config, asked)
-    notes += shared_notes
+    stats = ask_missing(store, config, stage_key, requests, sharing, show_progress)
+    metrics = summarize(store.db, stage_key, config)
+    write_metrics(store, stage_key, metrics)
+    expected = sum(len(_item_ids(r, sharing)) for r in requests)
+    summary = {"stage_key": stage_key,
+               "judge": config.recorded(),  # the config holds the env var's name, never the key
+               **stage_counts(store.db, stage_key, expected),
+               "this_run": stats.as_dict(), "notes": notes + shared_notes, "metrics": metrics}
+    store.db.execute("INSERT OR REPLACE INTO judge_summaries VALUES (?, ?)",
+                     (stage_key, json.dumps(summary, default=str)))
+    return summary
 
-    def item_ids(request: JudgeRequest) -> list[str]:
-        return [request.item_id, *(f"{request.item_id}|{m}" for m in sharing[request.meta["gen_key"]])]
 
+def _item_ids(request: JudgeRequest, sharing: dict[str, list[str]]) -> list[str]:
+    """The judgment's item id, and its copies for the methods sharing the samples."""
+    return [request.item_id, *(f"{request.item_id}|{m}" for m in sharing[request.meta["gen_key"]])]
+
+
+def ask_missing(store, config: JudgeConfig, stage_key: str, requests: list[JudgeRequest],
+                sharing: dict[str, list[str]], show_progress: bool) -> RunStats:
+    """Ask the judge for every request not yet final (scored or unparsed) in this stage, and
+    record each answer as it arrives."""
+    db = store.db
     finished = {item for (item,) in db.execute(
-        "SELECT item_id FROM judge_judgments WHERE stage_key=? AND status IN (?,?)",
-        (stage_key, *FINAL_STATUSES))}
-    todo = [r for r in requests if not finished.issuperset(item_ids(r))]
-    expected = sum(len(item_ids(r)) for r in requests)
+        "SELECT item_id FROM judge_judgments WHERE stage_key=? AND status IN (?,?)", (stage_key, *FINAL_STATUSES))}
+    todo = [r for r in requests if not finished.issuperset(_item_ids(r, sharing))]
+
+    # Each verdict is committed on arrival, with its copies for the methods sharing the samples in
+    # the same transaction (WAL): a SIGKILL loses at most the calls in flight, and those are still
+    # in the cache if their answers had arrived.
+    def record(outcome: Outcome) -> None:
+        row = _row(stage_key, config, outcome)
+        copies = [{**row, "item_id": f"{row['item_id']}|{m}", "method": m} for m in sharing[row["gen_key"]]]
+        with store.transaction():
+            db.executemany(INSERT, [row, *copies])
 
     cache = JudgeCache(config.resolved_cache_path())
-    insert = (
-        "INSERT OR REPLACE INTO judge_judgments VALUES (:stage_key, :item_id, :protocol, :gen_key, "
-        ":method, :suite, :prompt_id, :sample_idx, :criterion, :order_ab, :repeat_idx, "
-        ":baseline_gen_key, :status, :value, :raw_answer, :reason, :judge_model, :template_id, "
-        ":template_hash, :cache_key, :prompt_tokens, :completion_tokens, :cost_usd, :from_cache, "
-        ":attempts, :judged_at)")
     try:
         # Nothing to ask (a finished stage being re-summarised): no server to start either.
         with reachable_judge(config) if todo else contextlib.nullcontext(config) as live_config:
-            client = JudgeClient(live_config, cache, show_progress=show_progress)
-            # Each verdict is committed on arrival, with its copies for the methods sharing the
-            # samples in the same transaction (WAL): a SIGKILL loses at most the calls in flight,
-            # and those are still in the cache if their answers had arrived.
-            def record(outcome: Outcome) -> None:
-                row = _row(stage_key, config, outcome)
-                copies = [{**row, "item_id": f"{row['item_id']}|{m}", "method": m} for m in sharing[row["gen_key"]]]
-                with store.transaction():
-                    db.executemany(insert, [row, *copies])
-
-            stats = client.run(todo, record)
+            return JudgeClient(live_config, cache, show_progress=show_progress).run(todo, record)
     finally:
         cache.close()
 
-    metrics = summarize(db, stage_key, config)
-    with store.transaction():
-        db.execute("DELETE FROM judge_metrics WHERE stage_key=?", (stage_key,))
-        for entry in metrics:
-            for name, value in entry.items():
-                if name in ("protocol", "method", "suite", "criterion") or not isinstance(value, (int, float)):
-                    continue
-                db.execute("INSERT INTO judge_metrics VALUES (?,?,?,?,?,?,?)",
-                           (stage_key, entry["protocol"], entry["method"], entry["suite"],
-                            entry["criterion"], name, float(value)))
 
+def write_metrics(store, stage_key: str, metrics: list[dict]) -> None:
+    """The numeric fields of the protocols' summaries, as judge_metrics rows (replacing the stage's)."""
+    labels = ("protocol", "method", "suite", "criterion")
+    with store.transaction():
+        store.db.execute("DELETE FROM judge_metrics WHERE stage_key=?", (stage_key,))
+        store.db.executemany("INSERT INTO judge_metrics VALUES (?,?,?,?,?,?,?)", [
+            (stage_key, *(entry[label] for label in labels), name, float(value))
+            for entry in metrics for name, value in entry.items()
+            if name not in labels and isinstance(value, (int, float))])
+
+
+def stage_counts(db, stage_key: str, expected: int) -> dict:
+    """The stage's judgments by status, whether all `expected` are final, what is not, why
+    answers went unscored, and the cost so far."""
     counts = dict(db.execute("SELECT status, COUNT(*) FROM judge_judgments WHERE stage_key=? "
                              "GROUP BY status", (stage_key,)).fetchall())
     undone = [item for (item,) in db.execute(
@@ -232,33 +219,23 @@ def run_judge_stage(store, judge_config: dict, evaluations: list[dict], stage_ke
         "GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 10", (stage_key,)).fetchall())
     total_cost = db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM judge_judgments WHERE stage_key=?",
                             (stage_key,)).fetchone()[0]
-    summary = {
-        "stage_key": stage_key,
-        "judge": config.recorded(),  # the config holds the env var's name, never the key
+    return {
         "expected": expected,
-        "counts": {s: counts.get(s, 0) for s in ("scored", "unparsed", "error", "not_judged")},
+        "counts": {s: counts.get(s, 0) for s in STATUSES},
         "complete": not undone and sum(counts.get(s, 0) for s in FINAL_STATUSES) == expected,
         "not_judged": undone,
         "unparsed_reasons": unparsed_reasons,
         "cost_usd_total": total_cost,
-        "this_run": stats.as_dict(),
-        "notes": notes,
-        "metrics": metrics,
     }
-    db.execute("INSERT OR REPLACE INTO judge_summaries VALUES (?, ?)",
-               (stage_key, json.dumps(summary, default=str)))
-    return summary
 
 
 def judge_stage_key(judge_config: dict, evaluations: list[dict]) -> str:
     """A key that changes when anything that changes the verdicts changes (not concurrency,
     retries or budget: raising the budget must resume the same stage)."""
-    from safebench.evals.judge.templates import load_template
-
     config = parse_judge_config(judge_config)
     return stable_hash({
         "judge": config.identity(), "protocols": sorted(config.protocols), "repeats": config.repeats,
         "criteria": config.pairwise_criteria,
-        "templates": {p: load_template(p).text_hash for p in config.protocols},
+        "templates": {p: get_protocol(p).template().text_hash for p in config.protocols},
         "evaluations": sorted((ev["method"], ev["suite"], ev["gen_key"]) for ev in evaluations),
     })

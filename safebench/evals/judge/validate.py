@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from safebench.errors import UsageError
-from safebench.evals.judge import harmful_verdict
+from safebench.evals.judge.harmful_verdict import PROTOCOL as HARMFUL_VERDICT
 from safebench.evals.judge.cache import JudgeCache
 from safebench.evals.judge.client import JudgeClient
 from safebench.evals.judge.config import JudgeConfig
@@ -131,10 +131,9 @@ def run_validation(config: JudgeConfig, wheel: Path, *, limit: int | None = None
         items = sorted(picked, key=lambda i: i["id"])
     requests = []
     for item in items:
-        for r in range(config.repeats):
-            requests.append(harmful_verdict.make_request(
-                f"validate|{item['id']}|r{r}", item["prompt"], item["response"], r,
-                config.structured_output, {"validation_id": item["id"]}))
+        messages = HARMFUL_VERDICT.template().render(prompt=item["prompt"], response=item["response"])
+        requests += [HARMFUL_VERDICT.request(f"validate|{item['id']}|r{r}", r, messages, config.structured_output,
+                                             {"validation_id": item["id"]}) for r in range(config.repeats)]
     verdicts: dict[str, list[str]] = defaultdict(list)
     unscored_reasons: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
