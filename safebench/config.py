@@ -206,6 +206,8 @@ def format_validation_error(exc: ValidationError, prefix: tuple, provenance: Pro
     ctx = err.get("ctx") or {}
     if "expected" in ctx:
         expected = f"expected {ctx['expected']}"
+    elif err["type"] == "value_error":
+        expected = str(ctx.get("error", expected))  # our validator's own words, without pydantic's "Value error, "
     return f"{source}: field '{dotted}' = {err.get('input')!r}: {expected}"
 
 
