@@ -38,8 +38,14 @@ def _methods(text: str) -> list[str]:
     return [m.strip() for m in names if m.strip()]
 
 
+def _preset(text: str) -> str:
+    return importlib.import_module("safebench.config").preset_argument(text)
+
+
 def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> None:
-    parser.add_argument("--preset", default="tiny", help="preset: tiny | smol | paper (see `safebench list presets`)")
+    parser.add_argument("--preset", "--config", dest="preset", default="tiny", type=_preset,
+                        metavar="NAME|FILE", help="preset: tiny | smol | paper (see `safebench list presets`), or "
+                                                  "your own preset file anywhere (same fields as trainers/presets/)")
     if methods:
         parser.add_argument("--methods", type=_methods, default=None,
                             help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant "
@@ -80,7 +86,7 @@ def cmd_run(args) -> int:
         overrides += judge_overrides(args)
         config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     choose_threads(config)
-    out = args.out or Path("runs") / args.preset
+    out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
         manifests = [run_pipeline(config, recipes, out, quiet=args.quiet,
@@ -105,7 +111,7 @@ def cmd_train(args) -> int:
     seeds = None if args.seeds is None else config_module.parse_seeds(args.seeds, overrides)
     config, recipes = config_module.resolve(args.preset, [args.method], overrides)
     choose_threads(config)
-    out = args.out or Path("runs") / args.preset
+    out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
         manifest = run_pipeline(config, recipes, out, quiet=args.quiet,

@@ -319,13 +319,7 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     `config.trained_as(name)` is then that stage, which `recipes` holds too. `methods_source`
     names where the list came from, for errors.
     """
-    preset_path = registry.presets_dir() / f"{preset}.yaml"
-    if not preset_path.exists():
-        raise UsageError(
-            f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())}"
-        )
-    preset_data = registry.load_yaml(preset_path)
-    preset_rel = str(preset_path.relative_to(registry.project_root()))
+    preset, preset_data, preset_rel = load_preset(preset)
     parsed_overrides = [parse_override(o) for o in overrides]
     if methods is None:
         methods = preset_data.get("methods", ["sft"])
@@ -413,6 +407,38 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
                 f"available: {', '.join(known_suites)}"
             )
     return config, recipes
+
+
+def is_preset_file(preset: str) -> bool:
+    """A preset argument that names a file of the user's own (`--config my.yaml`), not a package preset."""
+    return preset.endswith((".yaml", ".yml")) or "/" in preset
+
+
+def preset_argument(text: str) -> str:
+    """`--preset`/`--config` as given: a package preset's name, or a file made absolute so that the
+    run's recorded request (`safebench score RUN`) finds it from any folder."""
+    return str(Path(text).resolve()) if is_preset_file(text) else text
+
+
+def preset_label(preset: str) -> str:
+    """A preset's short name: the name of a package preset, the file stem of a user's file."""
+    return Path(preset).stem if is_preset_file(preset) else preset
+
+
+def load_preset(preset: str) -> tuple[str, dict, str]:
+    """(name, data, where it came from) of a package preset (trainers/presets/NAME.yaml) or of a
+    preset file anywhere on disk (same schema; errors name that file)."""
+    if is_preset_file(preset):
+        path = Path(preset)
+        if not path.is_file():
+            raise UsageError(f"--config {preset}: file not found (expected a preset YAML file, same fields as "
+                             f"trainers/presets/tiny.yaml)")
+        return path.stem, registry.load_yaml(path), str(path)
+    preset_path = registry.presets_dir() / f"{preset}.yaml"
+    if not preset_path.exists():
+        raise UsageError(f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())} "
+                         "(or your own file: --config FILE.yaml)")
+    return preset, registry.load_yaml(preset_path), str(preset_path.relative_to(registry.project_root()))
 
 
 def _declared_needs(data: dict, path: tuple, provenance: Provenance) -> tuple[Any, str]:
