@@ -399,13 +399,10 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
         judge_data = {k: v for k, v in config.judge.items() if k != "enabled"}
         config.judge = {"enabled": True, **parse_judge_config(judge_data, source=source_of(("judge",), provenance))
                         .model_dump(mode="json")}
-    known_suites = registry.suite_names()
-    for suite in config.suites:
-        if suite not in known_suites:
-            raise UsageError(
-                f"{source_of(('suites',), provenance)}: field 'suites': unknown suite '{suite}'; "
-                f"available: {', '.join(known_suites)}"
-            )
+    from safebench.evals.suites import check_suite
+
+    for suite in config.suites:  # a package suite's name, or a suite file or hub dataset of one's own
+        check_suite(suite, where=f"{source_of(('suites',), provenance)}: field 'suites'")
     return config, recipes
 
 

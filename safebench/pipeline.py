@@ -345,6 +345,7 @@ class Pipeline:
         evaluated_by: dict[str, str] = {}
         for suite_name in self.config.suites:
             suite = suites_module.load_suite(suite_name)
+            suite_name = suite.name  # a suite file's short name, not its path
             items = suites_module.suite_items(suite, self.data_dir)
             suite_hash = stable_hash(items)
             for method in self.config.methods:
