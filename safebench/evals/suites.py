@@ -177,6 +177,8 @@ def records_to_items(records, fields: FieldMap, where: str, default_id: str) -> 
     items = []
     for index, record in enumerate(records):
         at = f"{where}: record {index + 1}"
+        if isinstance(record, dict) and record.get(fields.id_field or "id") is not None:
+            at += f" (id {str(record[fields.id_field or 'id'])!r})"
         if not isinstance(record, dict):
             raise UsageError(f"{at}: expected an object with a '{fields.prompt_field}' field, got "
                              f"{type(record).__name__}")

@@ -46,7 +46,7 @@ def test_parquet_file(tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     (b'{"prompt": "a"}\n{bad\n', "line 2: not valid JSON"),
-    (b'\xff\xfe{"prompt": "a"}\n', "not UTF-8 text (byte 0xff at offset 0)"),
+    (b'\xff\xfe{"prompt": "a"}\n', "line 1: not UTF-8 text (byte 0xff)"),
     (b'{"text": "a"}\n', "record 1: field 'prompt' is missing (fields: text)"),
     (b'{"prompt": "a", "kind": "evil"}\n', "field 'kind' = 'evil', expected one of harmful, benign, over-refusal"),
     (b'{"prompt": "a", "id": 1}\n{"prompt": "b", "id": 1}\n', "id '1' is given to two records"),
@@ -101,5 +101,5 @@ def test_config_file_and_suite_file_from_outside_the_package_on_the_command_line
     config.write_text(f"methods: [sft]\nsuites: [{bad}]\n")
     result = run_cli("run", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert f"{bad}: line 2: not valid JSON" in result.stderr
+    assert f"{bad} line 2: not valid JSON" in result.stderr
     assert not (tmp_path / "run").exists()

@@ -5,12 +5,12 @@ suite's own YAML file (a package suite's: the repository root)."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Literal
 
 from safebench.errors import UsageError
 from safebench.evals.suites import FILE_SUFFIXES, FieldMap, records_to_items
+from safebench.store import read_jsonl
 
 
 class Source(FieldMap):
@@ -32,29 +32,20 @@ def read(suite, source: Source, data_dir: Path | None) -> list[dict]:
 
 
 def _text_records(path: Path, form: str) -> list[dict]:
+    if form == "jsonl":
+        return read_jsonl(path)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
                          "save the file as UTF-8") from None
-    if form == "csv":
-        rows = list(csv.DictReader(text.splitlines()))
-        for number, row in enumerate(rows, 2):
-            if None in row:  # more cells than the header names
-                raise UsageError(f"{path}: line {number}: {len(row) - 1 + len(row[None])} cells, the header has "
-                                 f"{len(row) - 1}")
-        return rows
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                             "expected one JSON object per line") from None
-    return records
+    rows = list(csv.DictReader(text.splitlines()))
+    for number, row in enumerate(rows, 2):
+        if None in row:  # more cells than the header names
+            raise UsageError(f"{path}: line {number}: {len(row) - 1 + len(row[None])} cells, the header has "
+                             f"{len(row) - 1}")
+    return rows
 
 
 def _parquet(path: Path) -> list[dict]:
