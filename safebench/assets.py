@@ -310,7 +310,7 @@ def _package_gguf_model(pipeline, policy, spec: str) -> tuple[str, Path]:
                 "sha256": sha256_dir(directory / "model")}
 
     key, directory = pipeline.stage("base", material, build)
-    pipeline.manifest["assets"].update({
+    pipeline.manifest.assets.update({
         f"package:{spec}": policy.wheel_sha256,
         f"package:{spec}/{policy.gguf_file}": policy.gguf_sha256,
         **{f"base/model/{name}": digest for name, digest in
@@ -379,7 +379,7 @@ def _local_model(pipeline, policy, path: Path) -> tuple[str, Path]:
 
     key, directory = pipeline.stage("base", material, build)
     meta = pipeline.store.stage_meta("base", key)
-    pipeline.manifest["assets"].update({f"{path}/{name}": digest for name, digest in (meta.get("input_sha256") or {}).items()})
+    pipeline.manifest.assets.update({f"{path}/{name}": digest for name, digest in (meta.get("input_sha256") or {}).items()})
     return key, (directory / "model" if policy.gguf_file else path)
 
 
@@ -400,7 +400,7 @@ def _hub_model(pipeline, policy, repo_id: str) -> tuple[str, Path]:
     key, directory = pipeline.stage("base", material, build)
     meta = pipeline.store.stage_meta("base", key)
     commit = (meta.get("source") or {}).get("commit")
-    pipeline.manifest["assets"][f"hub:{repo_id}"] = commit
+    pipeline.manifest.assets[f"hub:{repo_id}"] = commit
     if policy.gguf_file:
         return key, directory / "model"
     # The stage is done, so the snapshot is in the HF cache: find it there without the network,

@@ -80,7 +80,7 @@ def cmd_run(args) -> int:
     seeds = None if args.seeds is None else config_module.parse_seeds(args.seeds, overrides)
     config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     if args.max_judge_cost is not None:
-        if not config.judge:
+        if config.judge is None:
             raise UsageError("--max-judge-cost: this run has no judge (set judge.base_url and judge.model, "
                              "or use a preset with a judge block)")
         overrides += judge_overrides(args)
@@ -89,13 +89,13 @@ def cmd_run(args) -> int:
     out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
-        manifests = [run_pipeline(config, recipes, out, quiet=args.quiet,
-                                  request=config_module.request_record(args.preset, args.methods, overrides))]
+        runs = [run_pipeline(config, recipes, out, quiet=args.quiet,
+                             request=config_module.request_record(args.preset, args.methods, overrides))]
     else:
-        manifests = seeds_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
+        runs = seeds_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
     summary = (out / "summary.md").read_text()
     print(summary)
-    executed, skipped = (sum(len(m[field]) for m in manifests) for field in ("_executed", "_skipped"))
+    executed, skipped = sum(len(r.executed) for r in runs), sum(len(r.skipped) for r in runs)
     print(f"run directory: {out}  ({executed} stage(s) run, {skipped} reused)")
     if (out / "report.html").exists():
         print(f"report: {out / 'report.html'}")
@@ -114,13 +114,13 @@ def cmd_train(args) -> int:
     out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
-        manifest = run_pipeline(config, recipes, out, quiet=args.quiet,
-                                request=config_module.request_record(args.preset, [args.method], overrides))
-        print(f"{args.method}: {out / manifest['methods'][args.method]['checkpoint']}")
+        run = run_pipeline(config, recipes, out, quiet=args.quiet,
+                           request=config_module.request_record(args.preset, [args.method], overrides))
+        print(f"{args.method}: {out / run.manifest.methods[args.method].checkpoint}")
         return 0
-    manifests = seeds_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
-    for seed, manifest in zip(seeds, manifests):
-        checkpoint = seeds_module.seed_dir(out, seed) / manifest["methods"][args.method]["checkpoint"]
+    runs = seeds_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
+    for seed, run in zip(seeds, runs):
+        checkpoint = seeds_module.seed_dir(out, seed) / run.manifest.methods[args.method].checkpoint
         print(f"{args.method} (seed {seed}): {checkpoint}")
     return 0
 
@@ -141,11 +141,10 @@ def cmd_score(args) -> int:
 
 def score_run(run_dir: Path, args) -> None:
     from safebench import config as config_module
-    from safebench.pipeline import load_manifest, run_pipeline
+    from safebench.manifest import load_manifest, manifest_path as path_of
+    from safebench.pipeline import run_pipeline
 
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
+    manifest_path = path_of(run_dir)
     # The run's own request (preset, methods, --set), with this command's --set on top: the
     # run's settings stay unless overridden here, so its stages (and keys) are found again.
     try:

@@ -10,16 +10,20 @@ import copy
 import itertools
 import json
 import re
-from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from safebench import registry
 from safebench.errors import UsageError
+from safebench.evals.generation import GenerationConfig
+from safebench.evals.judge.config import JudgeConfig, parse_judge_config
 from safebench.hashing import stable_hash
+
+if TYPE_CHECKING:
+    from safebench.manifest import Manifest
 
 SCORE_MODEL_STAGES = ("reward-model", "cost-model")
 
@@ -73,6 +77,18 @@ class PolicyConfig(StrictModel):
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
+class JudgeSection(JudgeConfig):
+    """A run's `judge:` block: the judge's settings (safebench/evals/judge/config.py) and the
+    pipeline's switch for the stage, which is no judge setting (`RunConfig.judge_settings`)."""
+
+    enabled: bool = True
+
+    @staticmethod
+    def settings_of(section: dict) -> dict:
+        """A recorded `judge:` block's judge settings: all but the pipeline's switch."""
+        return {k: v for k, v in section.items() if k != "enabled"}
+
+
 class RunConfig(StrictModel):
     preset: str
     seed: int = 0
@@ -80,9 +96,9 @@ class RunConfig(StrictModel):
     data: DataConfig = DataConfig()
     policy: PolicyConfig = PolicyConfig()
     trainers: dict[str, dict[str, Any]] = {}
-    generation: dict[str, Any] = {}
+    generation: GenerationConfig = GenerationConfig()
     suites: list[str] = []
-    judge: dict[str, Any] | None = None
+    judge: JudgeSection | None = None
     description: str = ""
     # Derived by `resolve`, never read from a preset or --set (hence private, and out of the hash):
     # a variant whose settings equal another stage's trains as that stage (see `trained_as`).
@@ -90,6 +106,12 @@ class RunConfig(StrictModel):
 
     def hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+    def judge_settings(self) -> JudgeConfig | None:
+        """The judge stage's settings; None when the run has no judge or switches it off."""
+        if self.judge is None or not self.judge.enabled:
+            return None
+        return JudgeConfig.model_validate(self.settings_of(self.judge.model_dump(mode="json")))
 
     def trained_as(self, name: str) -> str:
         """The stage that trains method `name`: its plain name (`plain_variant_name`), which
@@ -324,85 +346,29 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     if methods is None:
         methods = preset_data.get("methods", ["sft"])
         methods_source = f"{preset_rel}: field 'methods'"
-    available = registry.method_names()
 
-    def stage_spec(text: str, where: str) -> tuple[str, str, dict]:
-        base, fields = parse_method_name(text, where)
-        if base not in available:
-            raise UsageError(f"{where}: unknown method '{base}'" + (f" in {text!r}" if fields else "")
-                             + f"; available: {', '.join(available)}")
-        if fields and base == "sft":
-            raise UsageError(f"{where}: method {text!r}: sft has no variants: every method starts from the "
-                             f"one SFT model (change it with --set trainers.sft.FIELD=VALUE)")
-        recipe_class = registry.trainer_module(registry.load_recipe(base).get("trainer", base)).Recipe
-        _check_variant_fields(base, fields, recipe_class, where, text)
-        return variant_name(base, fields, recipe_class), base, fields
+    def layers(bases: list[str], sweeps: bool = True) -> tuple[dict, Provenance]:
+        return _layered(preset, preset_data, preset_rel, bases, parsed_overrides, sweeps)
 
     requested: dict[str, tuple[str, dict]] = {}
     for text in methods:
-        name, base, fields = stage_spec(text, methods_source)
+        name, base, fields = _stage_spec(text, methods_source)
         requested.setdefault(name, (base, fields))
-
-    # Stages: SFT and the score models always; the requested methods; whatever they `need`, where a
-    # need may itself be a variant (p-sacpo: needs: ["sacpo[beta_over_lambda=0.025]"]). A recipe's
-    # `needs` may come from the preset or --set, so the layers are rebuilt until no stage is new.
-    specs: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ("sft", *SCORE_MODEL_STAGES)}
-    specs.update(requested)
-    stage_needs: dict[str, list[str]] = {}
-    needs_where: dict[str, str] = {}  # by base recipe: where its `needs` was set, for messages
-    while True:
-        bases = list(dict.fromkeys(base for base, _ in specs.values()))
-        merged, provenance = _layered(preset, preset_data, preset_rel, bases, parsed_overrides)
-        new = False
-        for name, (base, _) in list(specs.items()):
-            declared, source = _declared_needs(merged["trainers"][base], ("trainers", base, "needs"), provenance)
-            where = needs_where[base] = f"{source}: field 'trainers.{base}.needs'"
-            if not isinstance(declared, list):
-                raise UsageError(f"{where} = {declared!r}: expected a list of method names")
-            stage_needs[name] = []
-            for text in declared:
-                need, need_base, need_fields = stage_spec(text, where)
-                stage_needs[name].append(need)
-                if need not in specs:
-                    specs[need], new = (need_base, need_fields), True
-        if not new:
-            break
+    specs, stage_needs, needs_where, merged, provenance = _collect_stages(requested, layers)
     merged["methods"] = list(requested)
-
+    _validate_sections(merged, provenance)
     try:
         config = RunConfig.model_validate(merged)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, (), provenance)) from None
 
     stage_names, config.methods = expand_stages(specs, stage_needs, config, provenance, methods_source)
-    recipes = {}
-    for name in stage_names:
-        recipes[name] = validate_recipe(name, config.trainers[name], provenance)
-    for name in stage_names:
-        where = needs_where.get(parse_method_name(name, name)[0], f"field 'trainers.{name}.needs'")
-        recipes[name].check_needs(name, {need: recipes[need] for need in recipes[name].needs}, where)
-    share_stages(config, recipes, stage_names,
-                 _layered(preset, preset_data, preset_rel, bases, parsed_overrides, sweeps=False)[0]["trainers"])
+    recipes = _validated_recipes(stage_names, config, provenance, needs_where)
+    bases = list(dict.fromkeys(base for base, _ in specs.values()))
+    share_stages(config, recipes, stage_names, layers(bases, sweeps=False)[0]["trainers"])
     # The validated recipes (defaults filled in) are what the run records and hashes.
     config.trainers = {name: recipes[name].model_dump(mode="json") for name in stage_names}
-
-    from safebench.evals.generation import GenerationConfig
-
-    try:
-        generation = GenerationConfig.model_validate(config.generation)
-    except ValidationError as exc:
-        raise UsageError(format_validation_error(exc, ("generation",), provenance)) from None
-    config.generation = generation.model_dump(mode="json")
-    if config.judge is not None and config.judge.get("enabled", True):
-        from safebench.evals.judge.config import parse_judge_config
-
-        judge_data = {k: v for k, v in config.judge.items() if k != "enabled"}
-        config.judge = {"enabled": True, **parse_judge_config(judge_data, source=source_of(("judge",), provenance))
-                        .model_dump(mode="json")}
-    from safebench.evals.suites import check_suite
-
-    for suite in config.suites:  # a package suite's name, or a suite file or hub dataset of one's own
-        check_suite(suite, where=f"{source_of(('suites',), provenance)}: field 'suites'")
+    _check_suites(config, provenance)
     return config, recipes
 
 
@@ -438,6 +404,80 @@ def load_preset(preset: str) -> tuple[str, dict, str]:
     return preset, registry.load_yaml(preset_path), str(preset_path.relative_to(registry.project_root()))
 
 
+def _stage_spec(text: str, where: str) -> tuple[str, str, dict]:
+    """A method name as asked for -> (its one spelling, base recipe, variant fields)."""
+    available = registry.method_names()
+    base, fields = parse_method_name(text, where)
+    if base not in available:
+        raise UsageError(f"{where}: unknown method '{base}'" + (f" in {text!r}" if fields else "")
+                         + f"; available: {', '.join(available)}")
+    if fields and base == "sft":
+        raise UsageError(f"{where}: method {text!r}: sft has no variants: every method starts from the "
+                         f"one SFT model (change it with --set trainers.sft.FIELD=VALUE)")
+    recipe_class = registry.trainer_module(registry.load_recipe(base).get("trainer", base)).Recipe
+    _check_variant_fields(base, fields, recipe_class, where, text)
+    return variant_name(base, fields, recipe_class), base, fields
+
+
+def _collect_stages(requested: dict[str, tuple[str, dict]], layers):
+    """SFT and the score models always; the requested methods; whatever they `need`, where a need
+    may itself be a variant (p-sacpo: needs: ["sacpo[beta_over_lambda=0.025]"]). A recipe's `needs`
+    may come from the preset or --set, so the layers are rebuilt until no stage is new.
+    Returns (specs, needs by stage, where each base's needs were set, merged layers, provenance)."""
+    specs: dict[str, tuple[str, dict]] = {name: (name, {}) for name in ("sft", *SCORE_MODEL_STAGES)}
+    specs.update(requested)
+    stage_needs: dict[str, list[str]] = {}
+    needs_where: dict[str, str] = {}  # by base recipe: where its `needs` was set, for messages
+    while True:
+        merged, provenance = layers(list(dict.fromkeys(base for base, _ in specs.values())))
+        new = False
+        for name, (base, _) in list(specs.items()):
+            declared, source = _declared_needs(merged["trainers"][base], ("trainers", base, "needs"), provenance)
+            where = needs_where[base] = f"{source}: field 'trainers.{base}.needs'"
+            if not isinstance(declared, list):
+                raise UsageError(f"{where} = {declared!r}: expected a list of method names")
+            stage_needs[name] = []
+            for text in declared:
+                need, need_base, need_fields = _stage_spec(text, where)
+                stage_needs[name].append(need)
+                if need not in specs:
+                    specs[need], new = (need_base, need_fields), True
+        if not new:
+            return specs, stage_needs, needs_where, merged, provenance
+
+
+def _validate_sections(merged: dict, provenance: Provenance) -> None:
+    """The generation and judge blocks, validated by their own models (one line naming the field)."""
+    try:
+        merged["generation"] = GenerationConfig.model_validate(merged.get("generation") or {})
+    except ValidationError as exc:
+        raise UsageError(format_validation_error(exc, ("generation",), provenance)) from None
+    judge = merged.get("judge")
+    if isinstance(judge, dict):
+        enabled = judge.get("enabled", True)
+        settings = parse_judge_config(JudgeSection.settings_of(judge), source=source_of(("judge",), provenance))
+        try:
+            merged["judge"] = JudgeSection.model_validate({**settings.model_dump(), "enabled": enabled})
+        except ValidationError as exc:
+            raise UsageError(format_validation_error(exc, ("judge",), provenance)) from None
+
+
+def _validated_recipes(stage_names: list[str], config: RunConfig, provenance: Provenance,
+                       needs_where: dict[str, str]) -> dict:
+    recipes = {name: validate_recipe(name, config.trainers[name], provenance) for name in stage_names}
+    for name in stage_names:
+        where = needs_where.get(parse_method_name(name, name)[0], f"field 'trainers.{name}.needs'")
+        recipes[name].check_needs(name, {need: recipes[need] for need in recipes[name].needs}, where)
+    return recipes
+
+
+def _check_suites(config: RunConfig, provenance: Provenance) -> None:
+    from safebench.evals.suites import check_suite
+
+    for suite in config.suites:  # a package suite's name, or a suite file or hub dataset of one's own
+        check_suite(suite, where=f"{source_of(('suites',), provenance)}: field 'suites'")
+
+
 def _declared_needs(data: dict, path: tuple, provenance: Provenance) -> tuple[Any, str]:
     """A recipe's `needs` before validation, and where it was set: a YAML layer or --set, or else
     the default of the trainer's Recipe class (the one source of recipe defaults)."""
@@ -458,14 +498,14 @@ def request_record(preset: str, methods: list[str] | None, overrides: list[str])
 _RECORDED_SECTIONS = ("seed", "data", "policy", "generation", "suites", "judge", "description")
 
 
-def recorded_request(manifest: dict) -> dict:
-    """The request a run was made with. A manifest from before requests were recorded gets one
-    rebuilt from its resolved config: every section set again whole, and each recipe the run
-    trained under its plain name (variants apply their fields on top, as they did). Best effort:
-    a --set on a swept recipe's other fields is not in the config under the base's name and is lost."""
-    if "request" in manifest:
-        return manifest["request"]
-    config = manifest["config"]
+def recorded_request(manifest: Manifest) -> dict:
+    """The request a run was made with. A manifest without one gets one rebuilt from its resolved
+    config: every section set again whole, and each recipe the run trained under its plain name
+    (variants apply their fields on top). Best effort: a --set on a swept recipe's other fields
+    is not in the config under the base's name and is lost."""
+    if manifest.request is not None:
+        return manifest.request.model_dump(mode="json")
+    config = manifest.config
     overrides = [f"{name}={json.dumps(config[name])}" for name in _RECORDED_SECTIONS
                  if name in config and config[name] is not None]
     overrides += [f"trainers.{name}={json.dumps(recipe)}" for name, recipe in config.get("trainers", {}).items()
@@ -568,7 +608,3 @@ def validate_recipe(name: str, data: dict, provenance: Provenance):
         return module.Recipe.model_validate(data)
     except ValidationError as exc:
         raise UsageError(format_validation_error(exc, ("trainers", name), provenance)) from None
-
-
-def write_yaml(path: Path, data: dict) -> None:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))

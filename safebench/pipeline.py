@@ -4,21 +4,19 @@
                      │     cost-model ───┼─► method (one per recipe) ─► generate(suite) ─► score ─► [judge] ─► report
                      └───────────────────┘
 
-A stage's key is a hash of its own config and its inputs' keys. A finished stage has a
-DONE.json written last; a rerun skips it while its outputs match that record (safebench/verify.py).
-Checkpoints are built in a temporary directory and renamed into place, so a killed stage never
-leaves a half-written checkpoint.
+A stage's key is a hash of its own config and its inputs' keys; every stage runs through
+safebench/stages.py's runner, which reuses a finished stage while its outputs match their
+record and records the run in its manifest (safebench/manifest.py). Checkpoints are built in a
+temporary directory and renamed into place, so a killed stage never leaves a half-written one.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,17 +24,18 @@ from safebench import __version__, data as data_module, environment, registry, t
 from safebench.config import RunConfig
 from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
-from safebench.evals.generation import GenerationConfig, run_generation
+from safebench.evals.generation import run_generation
 from safebench.hashing import sha256_dir, sha256_file, stable_hash
+from safebench.manifest import (SCHEMA_VERSION, Evaluation, GitState, Manifest, MethodRecord, Request,
+                                StageRecord, load_manifest)
 from safebench.runlock import run_lock
-from safebench.store import RunStore, atomic_directory, atomic_write_json
+from safebench.stages import (WORLD_VERSION, Stage, StageRunner, data_stage, generation_key, generation_material,
+                              judge_stage, judge_summary, score_material, stage_key)
+from safebench.store import atomic_directory
 from safebench.trainers.base import TrainContext
 
-# Bump when the tiny world's generator changes, so cached data stages are not reused.
-WORLD_VERSION = 2
 
-
-def git_state() -> dict:
+def git_state() -> GitState:
     root = registry.project_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -44,8 +43,8 @@ def git_state() -> dict:
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
                                     text=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": dirty}
+        return GitState()
+    return GitState(commit=commit, dirty=dirty)
 
 
 def versions() -> dict:
@@ -66,6 +65,24 @@ def versions() -> dict:
     return found
 
 
+def new_manifest(config: RunConfig, request: dict | None) -> Manifest:
+    """The record a run starts with; `request` (config.request_record) is what `safebench score
+    RUN` resolves again."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION, safebench_version=__version__, status="running", preset=config.preset,
+        config=config.model_dump(mode="json"), config_hash=config.hash(), git=git_state(), versions=versions(),
+        environment={**threads.record(), "cpu": environment.cpu()}, seeds={"run": config.seed},
+        request=Request.model_validate(request) if request is not None else None,
+    )
+
+
+@dataclass
+class PipelineRun:
+    manifest: Manifest
+    executed: list[str]   # stages built by this run
+    skipped: list[str]    # stages reused
+
+
 class Pipeline:
     def __init__(self, config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
                  log: Callable[[str], None] | None = None, request: dict | None = None,
@@ -76,95 +93,43 @@ class Pipeline:
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.store = verify.open_checked_store(self.run_dir, self.log)
-        # Other seeds' run directories of a set of seeds (safebench/seeds.py): a stage done there
-        # under the same key (one whose key does not depend on the seed) is hard-linked, not rebuilt.
-        self.shared_runs = [Path(p) for p in shared_runs]
         # The manifest this run replaces: a judge stage that `safebench judge` recorded in it is
-        # kept when the samples it judged are unchanged (see `judge`).
+        # kept when the samples it judged are unchanged (see `keep_recorded_judge`).
         self.previous_manifest = self.replaced_manifest()
-        self.manifest = {
-            "safebench_version": __version__, "status": "running", "preset": config.preset,
-            "config": config.model_dump(mode="json"), "config_hash": config.hash(),
-            "git": git_state(), "versions": versions(), "environment": {**threads.record(), "cpu": environment.cpu()},
-            "seeds": {"run": config.seed},
-            "assets": {}, "stages": {}, "methods": {}, "evaluations": [], "timings": {},
-        }
-        if request is not None:  # config.request_record: what `safebench score RUN` resolves again
-            self.manifest["request"] = request
+        self.manifest = new_manifest(config, request)
+        self.runner = StageRunner(self.store, self.manifest, self.log, shared_runs)
         self.data_dir: Path | None = None
         self._oracle = None
-        self.executed: list[str] = []
-        self.skipped: list[str] = []
 
-    def replaced_manifest(self) -> dict:
-        """The manifest this run replaces ({} when there is none, or only a damaged one)."""
+    @property
+    def executed(self) -> list[str]:
+        return self.runner.executed
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.runner.skipped
+
+    def replaced_manifest(self) -> Manifest | None:
+        """The manifest this run replaces (None when there is none, or only a damaged one)."""
         if not self.store.manifest_path.exists():
-            return {}
+            return None
         try:
             return load_manifest(self.run_dir)
         except UsageError as exc:
             self.log(f"[note] {exc}: replaced by this run's")
-            return {}
+            return None
 
-    # --- the generic stage runner -------------------------------------------------------
-    @staticmethod
-    def stage_key(name: str, key_material: dict) -> str:
-        return stable_hash({"stage": name, **key_material})
+    stage_key = staticmethod(stage_key)
 
-    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict],
-              counted: tuple[str, str, str] | None = None) -> tuple[str, Path]:
-        """Run `build` unless a finished stage with this key is there and its outputs match its
-        record; `counted` = (table, column, value) names the rows the stage writes (safebench/verify.py)."""
-        key = self.stage_key(name, key_material)
-        directory = self.store.stage_dir(name, key)
-        self.manifest["stages"][name] = self.store.stage_record(name, key)
-        self.link_shared_stage(name, key)
-        if self.store.stage_done(name, key):
-            problem = self.reuse_problem(name, key)
-            if problem is None:
-                self.log(f"[skip] {name} ({key}): already done")
-                self.skipped.append(name)
-                self.manifest["timings"][name] = self.store.stage_meta(name, key).get("seconds", 0.0)
-                return key, directory
-            self.log(f"[redo] {name} ({key}): {problem}")
-            (directory / "DONE.json").unlink()
-        self.log(f"[run ] {name} ({key})")
-        start = time.time()
-        directory.mkdir(parents=True, exist_ok=True)
-        self.store.mark_started(name, key)
-        meta = build(directory) or {}
-        seconds = round(time.time() - start, 3)
-        outputs = verify.record(directory, self.store.db, verify.checkpoint_files(meta), counted)
-        self.store.mark_done(name, key, {**meta, "seconds": seconds, "outputs": outputs})
-        self.manifest["timings"][name] = seconds
-        self.executed.append(name)
-        self.write_manifest()
-        return key, directory
-
-    def link_shared_stage(self, name: str, key: str) -> None:
-        """Hard-link a finished stage of the same key from another seed's run into this run."""
-        if self.store.stage_done(name, key):
-            return
-        for other in self.shared_runs:
-            source = RunStore.stage_dir_in(other, name, key)
-            if (source / "DONE.json").exists():
-                with atomic_directory(self.store.stage_dir(name, key)) as tmp:
-                    shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
-                self.log(f"[link] {name} ({key}): done in {other}")
-                return
-
-    def reuse_problem(self, name: str, key: str) -> str | None:
-        """What is wrong with a finished stage's outputs, in one line; None when they match its record."""
-        try:
-            meta = self.store.stage_meta(name, key)
-        except (OSError, ValueError) as exc:
-            return f"its DONE.json cannot be read ({exc})"
-        found = verify.problems(self.store.stage_dir(name, key), self.store.db, verify.recorded_outputs(meta))
-        return "; ".join(found) if found else None
+    def stage(self, name: str, key_material: dict, build: Callable[[Path], dict]) -> tuple[str, Path]:
+        """A stage keyed by its name and `key_material` (safebench/stages.py), as (key, directory)."""
+        result = self.runner.run(Stage(name, key_material, build, key=self.stage_key(name, key_material)))
+        return result.key, result.dir
 
     def write_manifest(self) -> None:
-        atomic_write_json(self.store.manifest_path, self.manifest)
+        self.runner.save()
 
+    # --- training ----------------------------------------------------------------------------
     def train_material(self, name: str, key_material: dict) -> dict:
         """What a training stage's key hashes: its validated recipe and the keys of its inputs. A need
         is hashed by the stage it is trained as, so p-sacpo needing `sacpo[beta_over_lambda=0.025]`
@@ -210,76 +175,84 @@ class Pipeline:
 
         return self.stage(name, material, build)
 
-    # --- the graph -------------------------------------------------------------------------
-    def run(self) -> dict:
-        config = self.config
-        for name in config.suites:  # a bad suite file stops the run before training, not after
+    # --- the graph ---------------------------------------------------------------------------
+    def run(self) -> Manifest:
+        for name in self.config.suites:  # a bad suite file stops the run before training, not after
             suites_module.load_suite(name)
         self.write_manifest()
-        data_key, self.data_dir = self.stage(
-            "data", {"data": config.data.model_dump(mode="json"), "seed": config.seed, "world": WORLD_VERSION},
-            lambda d: data_module.prepare(config.data, config.seed, d),
-        )
-        self.manifest["assets"].update(
-            {f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))
-             if p.name not in verify.NOT_OUTPUTS}
-        )
-        self.world_data = data_module.load(self.data_dir)
+        data_key = self.prepare_data()
         base_key, base_dir = self.base_model()
-
-        common = {"data": data_key, "template": config.policy.template, "dtype": config.policy.dtype,
-                  "seed": config.seed}
+        common = {"data": data_key, "template": self.config.policy.template, "dtype": self.config.policy.dtype,
+                  "seed": self.config.seed}
         sft_key, sft_dir = self.train_stage("sft", {"base": base_key, **common}, {"policy_dir": base_dir})
-        sft_model = sft_dir / "model"
-        scorer_keys, scorer_dirs = {}, {}
-        for name in ("reward-model", "cost-model"):
-            pretrained = self.recipes[name].pretrained
-            if pretrained:
-                scorer_keys[name], scorer_dirs[name] = self.pretrained_scorer(name, pretrained)
-                continue
-            key, directory = self.train_stage(name, {"sft": sft_key, **common}, {"policy_dir": sft_model})
-            scorer_keys[name], scorer_dirs[name] = key, directory / "model"
-
-        method_keys: dict[str, str] = {"sft": sft_key}
-        method_dirs: dict[str, Path] = {"sft": sft_model}
+        scorer_keys, scorer_dirs = self.score_models(sft_key, sft_dir / "model", common)
         upstream = {"sft": sft_key, "reward": scorer_keys["reward-model"], "cost": scorer_keys["cost-model"], **common}
-        for name in self.method_order():
-            stage = self.config.trained_as(name)
-            if stage != name:
-                # equal settings: the stage trained under `stage` is this method's too
-                method_keys[name], method_dirs[name] = method_keys[stage], method_dirs[stage]
-                continue
-            if name == "sft":
-                continue
-            needs = self.recipes[name].needs
-            key, directory = self.train_stage(
-                name, self.method_inputs(name, upstream, method_keys),
-                {"policy_dir": sft_model, "reward_model_dir": scorer_dirs["reward-model"],
-                 "cost_model_dir": scorer_dirs["cost-model"], "method_dirs": {n: method_dirs[n] for n in needs}},
-            )
-            method_keys[name], method_dirs[name] = key, directory / "model"
-        for name in config.methods:
-            stage = config.trained_as(name)
-            self.manifest["methods"][name] = {
-                "key": method_keys[name], "checkpoint": str(method_dirs[name].relative_to(self.run_dir)),
-                "sha256": self.store.stage_meta(stage, method_keys[name]).get("sha256"),
-                **({"trained_as": stage} if stage != name else {}),
-            }
-        self.write_manifest()
-
+        method_keys, method_dirs = self.train_methods(upstream, sft_dir / "model", scorer_dirs)
+        self.record_methods(method_keys, method_dirs)
         self.evaluate(method_keys, method_dirs, scorer_keys, scorer_dirs)
         self.judge()
         status = "incomplete" if self.judge_failure() else "complete"
         self.report(status)
         # Last, after every report file: a run killed before this line never says "complete".
-        self.manifest["status"] = status
+        self.manifest.status = status
         self.write_manifest()
         return self.manifest
+
+    def prepare_data(self) -> str:
+        result = self.runner.run(data_stage(self.config.data, self.config.seed))
+        self.data_dir = result.dir
+        self.manifest.assets.update({f"data/{p.name}": sha256_file(p) for p in sorted(self.data_dir.glob("*.json*"))
+                                     if p.name not in verify.NOT_OUTPUTS})
+        self.world_data = data_module.load(self.data_dir)
+        return result.key
+
+    def score_models(self, sft_key: str, sft_model: Path, common: dict) -> tuple[dict[str, str], dict[str, Path]]:
+        """The reward and cost models: trained from SFT, or published ones used as they are."""
+        keys, dirs = {}, {}
+        for name in ("reward-model", "cost-model"):
+            pretrained = self.recipes[name].pretrained
+            if pretrained:
+                keys[name], dirs[name] = self.pretrained_scorer(name, pretrained)
+                continue
+            keys[name], directory = self.train_stage(name, {"sft": sft_key, **common}, {"policy_dir": sft_model})
+            dirs[name] = directory / "model"
+        return keys, dirs
+
+    def train_methods(self, upstream: dict, sft_model: Path,
+                      scorer_dirs: dict[str, Path]) -> tuple[dict[str, str], dict[str, Path]]:
+        """Every method stage, after the methods it needs; a method trained as another stage (equal
+        settings) takes that stage's key and checkpoint."""
+        method_keys: dict[str, str] = {"sft": upstream["sft"]}
+        method_dirs: dict[str, Path] = {"sft": sft_model}
+        for name in self.method_order():
+            stage = self.config.trained_as(name)
+            if stage != name:
+                method_keys[name], method_dirs[name] = method_keys[stage], method_dirs[stage]
+                continue
+            if name == "sft":
+                continue
+            key, directory = self.train_stage(
+                name, self.method_inputs(name, upstream, method_keys),
+                {"policy_dir": sft_model, "reward_model_dir": scorer_dirs["reward-model"],
+                 "cost_model_dir": scorer_dirs["cost-model"],
+                 "method_dirs": {n: method_dirs[n] for n in self.recipes[name].needs}},
+            )
+            method_keys[name], method_dirs[name] = key, directory / "model"
+        return method_keys, method_dirs
+
+    def record_methods(self, method_keys: dict[str, str], method_dirs: dict[str, Path]) -> None:
+        for name in self.config.methods:
+            stage = self.config.trained_as(name)
+            self.manifest.methods[name] = MethodRecord(
+                key=method_keys[name], checkpoint=str(method_dirs[name].relative_to(self.run_dir)),
+                sha256=self.store.stage_meta(stage, method_keys[name]).get("sha256"),
+                trained_as=stage if stage != name else None)
+        self.write_manifest()
 
     def judge_failure(self) -> str | None:
         from safebench.reports import judge_failure
 
-        return judge_failure(self.manifest)
+        return judge_failure(self.manifest.dump())
 
     def pretrained_scorer(self, name: str, pretrained: str) -> tuple[str, Path]:
         """A published reward/cost model used as is; local files are pinned by their sha256."""
@@ -287,9 +260,9 @@ class Pipeline:
         identity = {"pretrained": pretrained}
         if local.exists():
             identity["sha256"] = sha256_dir(local)
-            self.manifest["assets"].update({f"{name}/{k}": v for k, v in identity["sha256"].items()})
+            self.manifest.assets.update({f"{name}/{k}": v for k, v in identity["sha256"].items()})
         key = stable_hash({"stage": name, **identity})
-        self.manifest["stages"][name] = {"key": key, "pretrained": pretrained}
+        self.runner.record(name, StageRecord(key=key, pretrained=pretrained))
         self.log(f"[use ] {name}: {pretrained}")
         return key, local if local.exists() else Path(pretrained)
 
@@ -333,57 +306,49 @@ class Pipeline:
         return key, path
 
     def evaluate(self, method_keys, method_dirs, scorer_keys, scorer_dirs) -> None:
+        """Each method on each suite: generate, then score. Methods trained as one stage (equal
+        settings) have one model key, so one gen_key and score_key: the first of them generates and
+        scores, the others use its rows (their stages would write none)."""
         from safebench.evals.scoring import Scorer
 
-        generation = GenerationConfig.model_validate(self.config.generation)
+        generation = self.config.generation
         template = generation.template or self.config.policy.template
         scorers: dict[str, Scorer] = {}
-        oracle = self.oracle()
-        # gen_key -> the method whose stages generated and scored those samples in this run. Methods
-        # trained as one stage (equal settings) have one model key, so one gen_key and score_key: the
-        # first of them generates and scores, the others use its rows (their stages would write none).
-        evaluated_by: dict[str, str] = {}
+
+        def scorer(role: str) -> Scorer:
+            if role not in scorers:
+                scorers[role] = Scorer(scorer_dirs[role], self.config.policy.template, self.config.policy.dtype)
+            return scorers[role]
+
+        evaluated_by: dict[str, str] = {}  # gen_key -> the method whose stages made those rows
         for suite_name in self.config.suites:
             suite = suites_module.load_suite(suite_name)
             suite_name = suite.name  # a suite file's short name, not its path
             items = suites_module.suite_items(suite, self.data_dir)
-            suite_hash = stable_hash(items)
             for method in self.config.methods:
-                gen_material = {"model": method_keys[method], "suite": suite_hash,
-                                "generation": generation.settings_hash(), "template": template}
-                gen_key = stable_hash({"stage": "generate", **gen_material})
-                score_material = {"generation": gen_key, "reward": scorer_keys["reward-model"],
-                                  "cost": scorer_keys["cost-model"]}
-                score_key = stable_hash({"stage": "score", **score_material})
+                gen_material = generation_material(method_keys[method], items, generation, template)
+                gen_key = generation_key(method_keys[method], items, generation, template)
+                materials = score_material(gen_key, scorer_keys["reward-model"], scorer_keys["cost-model"])
+                score_key = stage_key("score", materials)
                 if gen_key in evaluated_by:
                     self.log(f"[same] {method} on {suite_name}: the samples and scores of {evaluated_by[gen_key]}")
                 else:
                     evaluated_by[gen_key] = method
-
-                    def generate(_directory: Path, method=method, gen_key=gen_key) -> dict:
-                        rows = run_generation(self.store, gen_key, method, suite_name, items, str(method_dirs[method]),
-                                              generation, template, progress=not self.quiet)
-                        return {"rows_written": rows}
-
-                    self.stage(f"generate:{method}:{suite_name}", gen_material, generate,
-                               counted=("samples", "gen_key", gen_key))
-
-                    def score(_directory: Path, gen_key=gen_key, score_key=score_key) -> dict:
-                        for role in ("reward-model", "cost-model"):
-                            if role not in scorers:
-                                scorers[role] = Scorer(scorer_dirs[role], self.config.policy.template,
-                                                       self.config.policy.dtype)
-                        return self.score_samples(scorers, oracle, gen_key, score_key)
-
-                    self.stage(f"score:{method}:{suite_name}", score_material, score,
-                               counted=("scores", "score_key", score_key))
-                self.manifest["evaluations"].append({
-                    "method": method, "suite": suite_name, "kind": suite.kind, "gen_key": gen_key,
-                    "score_key": score_key, "gen_config_hash": generation.settings_hash(),
-                })
+                    self.runner.run(Stage(
+                        f"generate:{method}:{suite_name}", gen_material, rows=("samples", "gen_key", gen_key),
+                        build=lambda _directory: {"rows_written": run_generation(
+                            self.store, gen_key, method, suite_name, items, str(method_dirs[method]), generation,
+                            template, progress=not self.quiet)}))
+                    self.runner.run(Stage(
+                        f"score:{method}:{suite_name}", materials, rows=("scores", "score_key", score_key),
+                        build=lambda _directory: self.score_samples(
+                            scorer, self.oracle(), gen_key, score_key)))
+                self.manifest.evaluations.append(Evaluation(
+                    method=method, suite=suite_name, kind=suite.kind, gen_key=gen_key, score_key=score_key,
+                    gen_config_hash=generation.settings_hash()))
                 self.write_manifest()
 
-    def score_samples(self, scorers, oracle, gen_key: str, score_key: str) -> dict:
+    def score_samples(self, scorer, oracle, gen_key: str, score_key: str) -> dict:
         samples = self.store.samples(gen_key)
         done = self.store.done_score_keys(score_key)
         todo = [s for s in samples if (s["prompt_id"], s["sample_idx"]) not in done]
@@ -391,8 +356,8 @@ class Pipeline:
             chunk = todo[start:start + 256]
             prompts = [s["prompt"] for s in chunk]
             responses = [s["response"] for s in chunk]
-            rewards = scorers["reward-model"].score(prompts, responses)
-            costs = scorers["cost-model"].score(prompts, responses)
+            rewards = scorer("reward-model").score(prompts, responses)
+            costs = scorer("cost-model").score(prompts, responses)
             rows = []
             for sample, reward, cost in zip(chunk, rewards, costs):
                 truth = oracle(sample["prompt"], sample["response"]) if oracle else None
@@ -422,58 +387,31 @@ class Pipeline:
         gives for this run's samples; otherwise the verdicts are of other samples and are dropped."""
         from safebench.evals.judge.stage import judge_stage_key
 
-        recorded = (self.previous_manifest.get("stages") or {}).get("judge")
-        settings = (self.previous_manifest.get("judge") or {}).get("judge")
-        if not isinstance(recorded, dict) or not isinstance(settings, dict):
+        previous = self.previous_manifest
+        recorded = previous.stages.get("judge") if previous else None
+        settings = (previous.judge or {}).get("judge") if previous else None
+        if recorded is None or not isinstance(settings, dict):
             return
         try:
-            current_key = judge_stage_key(settings, self.manifest["evaluations"])
+            current_key = judge_stage_key(settings, self.manifest.evaluation_dicts())
         except UsageError:
-            return  # a judge config this version no longer reads
-        if current_key == recorded.get("key"):
-            self.manifest["stages"]["judge"] = recorded
-            self.manifest["judge"] = self.previous_manifest["judge"]
+            return  # its judge settings do not validate: they judged nothing this run can keep
+        if current_key == recorded.key:
+            self.runner.record("judge", recorded)
+            self.manifest.judge = previous.judge
             self.log(f"[keep] judge ({current_key}): recorded by an earlier `safebench judge`")
 
     def judge(self) -> None:
         """LLM-judge verdicts; the stage is only marked done when every judgment is in
-        (a budget stop or exhausted retries leave it open, and a rerun resumes it)."""
-        judge_config = self.config.judge
-        if not judge_config or not judge_config.get("enabled", True):
+        (a budget stop or exhausted retries leave it open, and a rerun resumes it). The report
+        reads only this stage's verdicts (metrics.read_judge_verdicts)."""
+        settings = self.config.judge_settings()
+        if settings is None:
             self.keep_recorded_judge()
             return
-        from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
-
-        settings = {k: v for k, v in judge_config.items() if k != "enabled"}
-        evaluations = self.manifest["evaluations"]
-        key = judge_stage_key(settings, evaluations)
-        # The report reads only this stage's verdicts (metrics.read_judge_verdicts).
-        self.manifest["stages"]["judge"] = self.store.stage_record("judge", key)
-        if self.store.stage_done("judge", key):
-            problem = self.reuse_problem("judge", key)
-            if problem is None:
-                self.log(f"[skip] judge ({key}): already done")
-                self.skipped.append("judge")
-                self.manifest["judge"] = self.store.stage_meta("judge", key).get("summary")
-                return
-            self.log(f"[redo] judge ({key}): {problem}")
-            (self.store.stage_dir("judge", key) / "DONE.json").unlink()
-        self.log(f"[run ] judge ({key})")
-        start = time.time()
-        self.store.mark_started("judge", key)
-        summary = run_judge_stage(self.store, settings, evaluations, key, show_progress=not self.quiet)
-        self.executed.append("judge")
-        self.manifest["judge"] = summary
-        self.manifest["timings"]["judge"] = round(time.time() - start, 3)
-        if summary.get("complete"):
-            directory = self.store.stage_dir("judge", key)
-            directory.mkdir(parents=True, exist_ok=True)
-            outputs = verify.record(directory, self.store.db, None, ("judge_judgments", "stage_key", key))
-            self.store.mark_done("judge", key, {"summary": summary, "seconds": self.manifest["timings"]["judge"],
-                                                "outputs": outputs})
-        else:
-            self.log(f"[open] judge ({key}): {len(summary.get('not_judged', []))} judgment(s) not done; "
-                     "rerun to resume")
+        result = self.runner.run(judge_stage(self.store, settings.model_dump(mode="json"),
+                                             self.manifest.evaluation_dicts(), show_progress=not self.quiet))
+        self.manifest.judge = judge_summary(self.store, result)
         self.write_manifest()
 
     def report(self, status: str) -> None:
@@ -485,32 +423,18 @@ class Pipeline:
         self.write_manifest()
         self.summary = summary.write_summary(self.store)
         write_reports([self.run_dir], status=status)
-        self.manifest["timings"]["report"] = round(time.time() - start, 3)
+        self.manifest.timings["report"] = round(time.time() - start, 3)
 
 
 def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
-                 request: dict | None = None, shared_runs: list[Path] = ()) -> dict:
+                 request: dict | None = None, shared_runs: list[Path] = ()) -> PipelineRun:
     with run_lock(run_dir):
         pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs)
         try:
             manifest = pipeline.run()
         finally:
             pipeline.store.close()
-    if manifest["status"] != "complete":
+    if manifest.status != "complete":
         raise EndpointFailed(f"{run_dir}: {pipeline.judge_failure()} (see report.md); rerun the same command "
                              "to retry them")
-    manifest["_executed"], manifest["_skipped"] = pipeline.executed, pipeline.skipped
-    return manifest
-
-
-def load_manifest(run_dir: Path) -> dict:
-    path = Path(run_dir) / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"{path}: not a safebench manifest (not JSON text: {exc}); the run directory is "
-                         "damaged, rerun `safebench run` into a fresh --out") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
-        raise UsageError(f"{path}: not a safebench manifest (no 'config' mapping); rerun `safebench run` into "
-                         "a fresh --out")
-    return manifest
+    return PipelineRun(manifest, pipeline.executed, pipeline.skipped)

@@ -57,9 +57,9 @@ def refuse_mixed(out: Path, seeded: bool) -> None:
 
 
 def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seeds: list[int], out: Path, *,
-              quiet: bool = False) -> list[dict]:
+              quiet: bool = False) -> list:
     """Run the pipeline once per seed into OUT/seed-N, then write the summary and report across
-    seeds into OUT. Returns the seeds' manifests."""
+    seeds into OUT. Returns each seed's `pipeline.PipelineRun`."""
     from safebench import config as config_module
     from safebench.pipeline import run_pipeline
 
@@ -69,16 +69,16 @@ def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seed
     atomic_write_json(out / SEEDS_FILE, {
         "format": SEEDS_FORMAT, "seeds": seeds, "runs": {str(s): seed_dir(out, s).name for s in seeds},
         "request": config_module.request_record(preset, methods, overrides)})
-    manifests = []
+    runs = []
     for number, seed in enumerate(seeds, 1):
         print(f"[seed] {seed} ({number} of {len(seeds)}): {seed_dir(out, seed)}", file=sys.stderr, flush=True)
         seeded = [*overrides, f"seed={seed}"]
         config, recipes = config_module.resolve(preset, methods, seeded)
-        manifests.append(run_pipeline(config, recipes, seed_dir(out, seed), quiet=quiet,
-                                      request=config_module.request_record(preset, methods, seeded),
-                                      shared_runs=[seed_dir(out, s) for s in seeds if s != seed]))
+        runs.append(run_pipeline(config, recipes, seed_dir(out, seed), quiet=quiet,
+                                 request=config_module.request_record(preset, methods, seeded),
+                                 shared_runs=[seed_dir(out, s) for s in seeds if s != seed]))
     write_across_seeds(out)
-    return manifests
+    return runs
 
 
 def seed_of(manifest: dict) -> int:

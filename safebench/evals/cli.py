@@ -60,12 +60,41 @@ def cmd_serve(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from safebench import config as config_module
-    from safebench.evals import suites as suites_module
-    from safebench.evals.generation import BACKENDS, GenerationConfig, run_generation
-    from safebench.hashing import stable_hash
     from safebench.runlock import run_lock
+    from safebench.stages import StageRunner
     from safebench.store import RunStore
+
+    config, generation = generation_settings(args)
+    template = generation.template or config.policy.template
+    model_identity, model_config = identify_model(args.model, generation)
+    if model_config is not None:   # a local checkpoint: torch's threads for its size (safebench/threads.py)
+        from safebench import threads
+
+        threads.configure(threads.estimate_parameters(model_config))
+    label = args.name or default_label(args.model)
+    from safebench.evals import suites as suites_module
+
+    suites = [suites_module.load_suite(name) for name in args.suite]
+    out = args.out or DEFAULT_OUT
+    with run_lock(out):
+        store = RunStore(out)
+        try:
+            runner = StageRunner(store)
+            for suite in suites:
+                items = suite_prompts(suite, config, runner, args.limit)
+                if model_config is not None:
+                    check_prompts_fit(args.model, model_config, items, template, generation.max_new_tokens)
+                generate_suite(runner, args, label, suite.name, items, generation, template, model_identity)
+        finally:
+            store.close()
+    print(f"results: {out / 'results.sqlite'}")
+    return 0
+
+
+def generation_settings(args):
+    """The preset's config with this command's --set and --backend, and its generation settings."""
+    from safebench import config as config_module
+    from safebench.evals.generation import BACKENDS
 
     overrides = list(args.overrides)
     if args.backend is not None:
@@ -75,52 +104,48 @@ def cmd_generate(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit {args.limit}: expected a positive number of prompts")
     config, _ = config_module.resolve(args.preset, ["sft"], overrides)
-    generation = GenerationConfig.model_validate(config.generation)
-    template = generation.template or config.policy.template
-    model_identity, model_config = identify_model(args.model, generation)
-    if model_config is not None:   # a local checkpoint: torch's threads for its size (safebench/threads.py)
-        from safebench import threads
+    return config, config.generation
 
-        threads.configure(threads.estimate_parameters(model_config))
-    label = args.name or default_label(args.model)
-    suites = [suites_module.load_suite(name) for name in args.suite]
 
-    out = args.out or DEFAULT_OUT
-    with run_lock(out):
-        store = RunStore(out)
-        try:
-            for suite in suites:
-                items = suites_module.suite_items(suite, data_dir_for(suite, config, store))
-                items = items[: args.limit] if args.limit else items
-                if not items:
-                    raise UsageError(f"suite '{suite.name}' has no prompts")
-                if model_config is not None:
-                    check_prompts_fit(args.model, model_config, items, template, generation.max_new_tokens)
-                material = {"model": model_identity, "suite": stable_hash(items),
-                            "generation": generation.settings_hash(), "template": template}
-                gen_key = stable_hash({"stage": "generate", **material})
-                for warning in config_mismatches(suite.name, generation, [(out, gen_key), *[(r, None) for r in args.compare]]):
-                    print(f"safebench: warning: {warning}", file=sys.stderr)
-                stage = f"generate:{label}:{suite.name}"
-                if store.stage_done(stage, gen_key):
-                    print(f"{label}/{suite.name}: already generated ({len(items) * generation.k} samples, key {gen_key})")
-                    continue
-                store.stage_dir(stage, gen_key).mkdir(parents=True, exist_ok=True)
-                store.mark_started(stage, gen_key)
-                written = run_generation(store, gen_key, label, suite.name, items, str(args.model), generation,
-                                         template, progress=not args.quiet)
-                store.mark_done(stage, gen_key, {
-                    "rows_written": written, "generation": generation.model_dump(mode="json"),
-                    "gen_config_hash": generation.settings_hash(), "template": template, "suite": suite.name,
-                    "method": label, "model": str(args.model), "model_identity": model_identity,
-                })
-                total = len(items) * generation.k
-                print(f"{label}/{suite.name}: {written} sample(s) generated, {total - written} reused "
-                      f"(backend {generation.backend}, key {gen_key})")
-        finally:
-            store.close()
-    print(f"results: {out / 'results.sqlite'}")
-    return 0
+def suite_prompts(suite, config, runner, limit: int | None) -> list[dict]:
+    from safebench.evals import suites as suites_module
+
+    items = suites_module.suite_items(suite, data_dir_for(suite, config, runner))
+    items = items[:limit] if limit else items
+    if not items:
+        raise UsageError(f"suite '{suite.name}' has no prompts")
+    return items
+
+
+def generate_suite(runner, args, label: str, suite_name: str, items: list[dict], generation, template: str,
+                   model_identity: dict) -> None:
+    """One suite's samples, as the stage `generate:LABEL:SUITE` keyed by the samples' own key."""
+    from safebench.evals.generation import run_generation
+    from safebench.stages import Stage, generation_key, generation_material
+
+    gen_key = generation_key(model_identity, items, generation, template)
+    out = runner.store.run_dir
+    for warning in config_mismatches(suite_name, generation, [(out, gen_key), *[(r, None) for r in args.compare]]):
+        print(f"safebench: warning: {warning}", file=sys.stderr)
+
+    def build(_directory: Path) -> dict:
+        written = run_generation(runner.store, gen_key, label, suite_name, items, str(args.model), generation,
+                                 template, progress=not args.quiet)
+        return {"rows_written": written, "generation": generation.model_dump(mode="json"),
+                "gen_config_hash": generation.settings_hash(), "template": template, "suite": suite_name,
+                "method": label, "model": str(args.model), "model_identity": model_identity}
+
+    # kind "generate": the directory's key is the samples' gen_key, which the rows carry.
+    result = runner.run(Stage(f"generate:{label}:{suite_name}",
+                              generation_material(model_identity, items, generation, template), build,
+                              kind="generate", rows=("samples", "gen_key", gen_key)))
+    total = len(items) * generation.k
+    if result.reused:
+        print(f"{label}/{suite_name}: already generated ({total} samples, key {gen_key})")
+    else:
+        written = result.meta["rows_written"]
+        print(f"{label}/{suite_name}: {written} sample(s) generated, {total - written} reused "
+              f"(backend {generation.backend}, key {gen_key})")
 
 
 def default_label(model: str) -> str:
@@ -154,27 +179,17 @@ def checkpoint_fingerprint(path: Path) -> str:
     return stable_hash([(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
-def data_dir_for(suite, config, store) -> Path | None:
-    """The tiny world's data (its held-out prompts), built into the run directory the way the
-    pipeline builds it, under the same stage key, so a pipeline run's data is reused."""
+def data_dir_for(suite, config, runner) -> Path | None:
+    """The tiny world's data (its held-out prompts), built into the run directory as the pipeline
+    builds it, under the same stage key, so a pipeline run's data is reused."""
     if suite.source.type != "tiny-world":
         return None
-    from safebench import data as data_module
-    from safebench.hashing import stable_hash
-    from safebench.pipeline import WORLD_VERSION
+    from safebench.stages import data_stage
 
     if config.data.source != "tiny-world":
         raise UsageError(f"suite '{suite.name}' needs the tiny world's data; the preset has data.source: "
                          f"{config.data.source}")
-    key = stable_hash({"stage": "data", "data": config.data.model_dump(mode="json"), "seed": config.seed,
-                       "world": WORLD_VERSION})
-    directory = store.stage_dir("data", key)
-    if not store.stage_done("data", key):
-        directory.mkdir(parents=True, exist_ok=True)
-        store.mark_started("data", key)
-        meta = data_module.prepare(config.data, config.seed, directory) or {}
-        store.mark_done("data", key, meta)
-    return directory
+    return runner.run(data_stage(config.data, config.seed)).dir
 
 
 def check_prompts_fit(model: str, model_config: dict, items: list[dict], template: str, max_new_tokens: int) -> None:

@@ -108,38 +108,33 @@ def handle_judge(args) -> int:
 
 
 def _judge_run(args, run_dir: Path) -> dict:
+    """The judge stage over the run's samples, through the stage runner: reused while done and
+    whole, resumed while open. Once it has run (even in part) the manifest records it, as the
+    pipeline records its judge: reports read only the verdicts of the judge stage the manifest
+    names. A failure before any verdict keeps the old record."""
+    from safebench.config import JudgeSection
     from safebench.evals.judge.config import parse_judge_config
-    from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
+    from safebench.manifest import load_manifest
+    from safebench.stages import StageRunner, judge_stage, judge_summary
     from safebench.store import RunStore
 
+    manifest = load_manifest(run_dir)
+    recorded = manifest.config.get("judge") or {}
+    base = _load_yaml(args.config) if args.config else JudgeSection.settings_of(recorded)
+    data = _apply_overrides(base, args.set, args.max_judge_cost)
+    parse_judge_config(data, source=args.config or f"{run_dir}/manifest.json")
+    evaluations = manifest.evaluation_dicts()
+    if not evaluations:
+        raise UsageError(f"{run_dir}/manifest.json: field 'evaluations' is empty; generate samples first")
     store = RunStore(run_dir)
     try:
-        manifest = store.manifest()
-        recorded = manifest.get("config", {}).get("judge") or {}
-        # `enabled` is the pipeline's switch for the stage, not a judge setting.
-        base = _load_yaml(args.config) if args.config else {k: v for k, v in recorded.items() if k != "enabled"}
-        data = _apply_overrides(base, args.set, args.max_judge_cost)
-        parse_judge_config(data, source=args.config or f"{run_dir}/manifest.json")
-        evaluations = manifest.get("evaluations", [])
-        if not evaluations:
-            raise UsageError(f"{run_dir}/manifest.json: field 'evaluations' is empty; generate samples first")
-        key = judge_stage_key(data, evaluations)
-        store.mark_started("judge", key)
-        summary = run_judge_stage(store, data, evaluations, key, show_progress=not args.no_progress)
-        if summary["complete"]:
-            store.mark_done("judge", key, {"summary_counts": summary["counts"],
-                                           "cost_usd_total": summary["cost_usd_total"]})
-        # Recorded once the stage has run (even in part), as the pipeline records its judge:
-        # reports read only the verdicts of the judge stage the manifest names, so from now on
-        # this judge's, not an earlier one's. A failure before any verdict keeps the old record.
-        def record_judge(manifest: dict) -> None:
-            manifest.setdefault("stages", {})["judge"] = store.stage_record("judge", key)
-            manifest["judge"] = summary
-
-        store.update_manifest(record_judge)
+        runner = StageRunner(store, manifest)
+        result = runner.run(judge_stage(store, data, evaluations, show_progress=not args.no_progress))
+        manifest.judge = judge_summary(store, result)
+        runner.save()
     finally:
         store.close()
-    return summary
+    return manifest.judge
 
 
 def format_summary(summary: dict) -> str:
