@@ -19,6 +19,7 @@ from safebench.errors import CheckFailed, UsageError
 # Areas that add their own subcommands through `register(subparsers)`.
 PLUGIN_COMMANDS = (
     "safebench.evals.cli",          # generate, serve
+    "safebench.evals.evaluate",     # eval
     "safebench.evals.judge.cli",    # judge, judge-validate
     "safebench.reports.cli",        # report, export, check, reproduce
 )
@@ -153,6 +154,11 @@ def score_run(run_dir: Path, args) -> None:
         raise UsageError(f"{manifest_path}: the run's request cannot be read (field {exc} is missing or "
                          "malformed); rerun `safebench run` with its settings instead") from None
     request = {**recorded, "overrides": [*recorded["overrides"], *args.overrides]}
+    if request.get("command") == "eval":  # an evaluation of given models (safebench/evals/evaluate.py)
+        from safebench.evals.evaluate import run_eval
+
+        run_eval(request, run_dir, quiet=args.quiet)
+        return
     config, recipes = config_module.resolve(request["preset"], request["methods"], request["overrides"],
                                             methods_source=f"{manifest_path}: field 'request.methods'")
     choose_threads(config)
