@@ -293,10 +293,12 @@ def update_baseline(run_dir: Path, baseline_path: Path, reason: str | None, *, p
     """Write the baseline from a run: per-seed values and tolerance 'seeds' from a set of two or
     more seeds, the bootstrap interval ('interval') from one run. Hand-set absolute tolerances and
     the resampling settings and confidence of the previous file are kept. `paired` (or a previous
-    paired file at that path): the per-prompt values for the paired gate instead."""
+    paired file at that path, or a run of `safebench eval`): the per-prompt values for the paired
+    gate instead."""
     from safebench.reports import paired as paired_gate
 
-    if paired or (baseline_path.is_file() and paired_gate.is_paired_baseline(baseline_path)):
+    if paired or paired_gate.is_evaluation(run_dir) or (
+            baseline_path.is_file() and paired_gate.is_paired_baseline(baseline_path)):
         return paired_gate.write_baseline(run_dir, baseline_path, reason)
     if not reason or not reason.strip():
         raise UsageError("--update-baseline needs --reason TEXT: the baseline records why it changed")

@@ -89,8 +89,8 @@ def register(subparsers) -> None:
                        help="write the baseline from this run instead of checking (needs --reason)")
     check.add_argument("--reason", metavar="TEXT", help="why the baseline changes (recorded in its history)")
     check.add_argument("--paired", action="store_true",
-                       help="with --update-baseline: write the per-prompt values for the paired gate (for an "
-                            "evaluation of a fixed model, e.g. the last release's `safebench eval` run)")
+                       help="with --update-baseline: write the per-prompt values for the paired gate (the "
+                            "default for a `safebench eval` run, e.g. the last release's)")
     check.set_defaults(handler=handle_check)
 
     reproduce = subparsers.add_parser(

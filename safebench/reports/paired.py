@@ -123,6 +123,15 @@ def is_paired_baseline(path: Path) -> bool:
     return f'"format": "{PAIRED_FORMAT}"' in head
 
 
+def is_evaluation(run_dir: Path) -> bool:
+    """A run of `safebench eval` (fixed models), whose baseline is the paired kind by default."""
+    try:
+        manifest = json.loads((Path(run_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and (manifest.get("request") or {}).get("command") == "eval"
+
+
 def load_baseline(path: Path) -> tuple[pd.DataFrame, dict, str]:
     """(per-prompt table, record, label) of a baseline run directory or paired baseline file."""
     if path.is_dir():
