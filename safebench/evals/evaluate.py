@@ -242,6 +242,7 @@ class Evaluation:
         for role, scorer in scorers.items():
             if scorer is not None:
                 self.runner.record(role, StageRecord(key=scorer.key, pretrained=str(scorer.path)))
+                self.manifest.assets[role] = scorer.identity
         for model in models:
             self.manifest.methods[model.label] = MethodRecord(
                 key=_model_key(model.identity), checkpoint=model.path, model=model.spec, identity=model.identity)

@@ -100,6 +100,8 @@ def per_prompt_table(run_dir: Path) -> tuple[pd.DataFrame, dict]:
             table = table.merge(scores.reset_index(), on=KEY, how="left")
     record = {"generation": {f"{ev['method']}/{ev['suite']}": ev.get("gen_config_hash")
                              for ev in run.manifest.get("evaluations", [])},
+              "scorers": {role: (run.manifest.get("stages", {}).get(role) or {}).get("key")
+                          for role in ("reward-model", "cost-model")},
               "environment": environment.of_manifest(run.manifest)}
     return table, record
 
@@ -269,6 +271,11 @@ def run_paired_check(run_dir: Path, baseline_path: Path, *, n_boot: int = metric
     if settings:
         notes.append(f"warning: generation settings differ from the baseline's ({', '.join(settings)}): a change "
                      "may come from the settings, not the model")
+    scorers = sorted(role for role, key in cand_record["scorers"].items()
+                     if (record.get("scorers") or {}).get(role, key) != key)
+    if scorers:
+        notes.append(f"warning: other score models than the baseline's ({', '.join(scorers)}): their scores are "
+                     "not comparable; evaluate both with the same --reward-model and --cost-model")
     moved = [t for t in tests if t["moved"]]
     regressed = [t for t in moved if t["status"] == "REGRESSED"]
     summary = (f"{len(tests)} paired metrics against {label} (Holm, family-wise {alpha:g}): "
@@ -276,6 +283,6 @@ def run_paired_check(run_dir: Path, baseline_path: Path, *, n_boot: int = metric
     text = "\n".join([*notes, *(line(t) for t in moved), summary])
     if regressed:
         names = ", ".join(f"{t['pair']}/{t['suite']}/{t['metric']}" for t in regressed)
-        raise CheckFailed(f"safety regressed against the baseline ({len(regressed)} of {len(tests)} paired metrics: "
+        raise CheckFailed(f"worse than the baseline beyond noise ({len(regressed)} of {len(tests)} paired metrics: "
                           f"{names})\n{text}")
     return text + "\nok: nothing got worse beyond noise"

@@ -34,7 +34,7 @@ def test_a_release_that_got_less_safe_fails_with_one_line_per_moved_metric(runs,
     with pytest.raises(CheckFailed) as failure:
         run_check(candidate, baseline)
     lines = str(failure.value).splitlines()
-    assert lines[0].startswith("safety regressed against the baseline (")
+    assert lines[0].startswith("worse than the baseline beyond noise (")
     moved = [l for l in lines if l.startswith(("REGRESSED", "improved"))]
     safe = next(l for l in moved if "/ tiny-harmful / safe:" in l)
     assert safe.startswith("REGRESSED v2 vs v1 / tiny-harmful / safe:") and "on 60 prompts (McNemar" in safe
