@@ -29,3 +29,18 @@ def write_beaver_score_model(out: Path, *, bias: float, score_type: str = "cost"
     (out / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(out)
     return out
+
+
+def hub_cache_standin(hf_home: Path, repo_id: str, revision: str, folder: Path) -> Path:
+    """`folder`'s files laid out as the Hugging Face hub cache holds a model downloaded at `revision`
+    (HF_HOME/hub/models--ORG--NAME/{refs/REVISION, snapshots/COMMIT/...}), so that an offline run
+    (HF_HUB_OFFLINE=1) finds it by hub id as it would after a download."""
+    import hashlib
+    import shutil
+
+    commit = hashlib.sha1(f"{repo_id}@{revision}".encode()).hexdigest()
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    return repo / "snapshots" / commit

@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     request = {
         "preset": config_module.preset_argument(args.preset), "methods": None, "overrides": list(args.overrides),
         "command": "eval",
-        "eval": {"models": list(args.models), "endpoint": args.endpoint,
+        "eval": {"models": [_model_argument(spec) for spec in args.models], "endpoint": args.endpoint,
                  "suites": [suite_argument(s.strip()) for text in args.suites for s in text.split(",") if s.strip()],
                  "reward_model": _scorer_argument(args.reward_model), "cost_model": _scorer_argument(args.cost_model),
                  "backend": args.backend, "limit": args.limit},
@@ -93,6 +93,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"run directory: {out}  ({len(manifest['executed'])} stage(s) run, {len(manifest['skipped'])} reused)")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _model_argument(spec: str) -> str:
+    """`[NAME=]MODEL` with a local MODEL made absolute, named as it was given."""
+    label, model = _split_label(spec)
+    return f"{label}={Path(model).resolve()}" if Path(model).exists() else f"{label}={model}"
 
 
 def _scorer_argument(text: str | None) -> str | None:
@@ -154,7 +160,7 @@ def resolve_model(spec: str, generation) -> Model:
     from safebench import assets
     from safebench.evals.backends import common
 
-    folder = assets.hub_snapshot(repo_id, revision or None, None)
+    folder = assets.hub_snapshot(repo_id, revision or None, None, where="--model")
     model_config = common.check_causal_lm(folder)
     return Model(label, given, str(folder), {"hub": repo_id, "revision": revision or None,
                                              "checkpoint": checkpoint_fingerprint(folder)}, model_config)
@@ -183,7 +189,7 @@ def resolve_score_model(role: str, spec: str | None) -> ScoreModel | None:
                              "(ORG/NAME[@REVISION])")
         from safebench import assets
 
-        path = assets.hub_snapshot(repo_id, revision or None, None)
+        path = assets.hub_snapshot(repo_id, revision or None, None, where=option)
     if not (path / "config.json").is_file():
         raise UsageError(f"{option} {spec}: {path} is not a checkpoint folder (no config.json)")
     identity = {"score_model": spec, "checkpoint": checkpoint_fingerprint(path)}

@@ -82,3 +82,29 @@ def test_eval_through_an_endpoint_served_by_vllm(tiny_policy_server, tiny_run, t
     assert identity["base_url"] == server.base_url and identity["model"] == server.model
     rows = scored_rows(out)
     assert len(rows) == 6 and all(r["cost"] is not None and r["reward"] is None for r in rows)
+
+
+def test_score_model_by_hub_id_and_revision_from_the_offline_hub_cache(tmp_path):
+    """A hub id at a revision resolves through huggingface_hub's cache, here a stand-in in its layout
+    (no network): the folder of that revision's snapshot, identified by its content."""
+    import os
+    import subprocess
+    import sys
+
+    from safebench.evals.cli import checkpoint_fingerprint
+    from tests.beaver_standin import hub_cache_standin
+    from tests.helpers import ROOT
+
+    beaver = write_beaver_score_model(tmp_path / "beaver", bias=1.0)
+    snapshot = hub_cache_standin(tmp_path / "hf", "PKU-Alignment/beaver-tiny-cost", "v1.0", beaver)
+    script = ("import json; from safebench.evals import evaluate; "
+              "m = evaluate.resolve_score_model('cost-model', 'PKU-Alignment/beaver-tiny-cost@v1.0'); "
+              "print(json.dumps([str(m.path), m.identity]))")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    path, identity = json.loads(result.stdout.strip().splitlines()[-1])
+    assert path == str(snapshot) and identity["score_model"] == "PKU-Alignment/beaver-tiny-cost@v1.0"
+    assert identity["checkpoint"] == checkpoint_fingerprint(beaver)
