@@ -10,6 +10,7 @@ import copy
 import itertools
 import json
 import re
+from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
