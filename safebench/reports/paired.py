@@ -118,11 +118,10 @@ def is_paired_baseline(path: Path) -> bool:
     if path.is_dir():
         return True
     try:
-        with open(path, encoding="utf-8") as handle:
-            head = handle.read(200)
-    except (OSError, UnicodeDecodeError):
-        return False
-    return f'"format": "{PAIRED_FORMAT}"' in head
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # the other gate's reader says what is wrong with it
+    return isinstance(data, dict) and data.get("format") == PAIRED_FORMAT
 
 
 def is_evaluation(run_dir: Path) -> bool:
@@ -134,11 +133,11 @@ def is_evaluation(run_dir: Path) -> bool:
     return isinstance(manifest, dict) and (manifest.get("request") or {}).get("command") == "eval"
 
 
-def load_baseline(path: Path) -> tuple[pd.DataFrame, dict, str]:
-    """(per-prompt table, record, label) of a baseline run directory or paired baseline file."""
+def load_baseline(path: Path) -> tuple[pd.DataFrame, dict, float]:
+    """(per-prompt table, record, family-wise alpha) of a baseline run directory or paired baseline file."""
     if path.is_dir():
         table, record = per_prompt_table(path)
-        return table, record, str(path)
+        return table, record, DEFAULT_ALPHA
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -155,7 +154,10 @@ def load_baseline(path: Path) -> tuple[pd.DataFrame, dict, str]:
     for column in table.columns:
         if column.startswith("judge_") or column in {m.name for m in METRICS}:
             table[column] = pd.to_numeric(table[column], errors="coerce")
-    return table, data.get("record") or {}, str(path)
+    alpha = data.get("alpha", DEFAULT_ALPHA)
+    if not isinstance(alpha, float) or not 0 < alpha < 1:
+        raise UsageError(f"{path}: field 'alpha' = {alpha!r}, expected a number in (0, 1)")
+    return table, data.get("record") or {}, alpha
 
 
 def write_baseline(run_dir: Path, path: Path, reason: str | None) -> dict:
@@ -255,10 +257,8 @@ def line(test: dict) -> str:
 def run_paired_check(run_dir: Path, baseline_path: Path, *, n_boot: int = metrics.DEFAULT_N_BOOT,
                      seed: int = metrics.DEFAULT_SEED) -> str:
     """The lines of the metrics that moved beyond noise and a summary; CheckFailed when one got worse."""
-    base, record, label = load_baseline(baseline_path)
-    alpha = DEFAULT_ALPHA
-    if not baseline_path.is_dir():
-        alpha = json.loads(baseline_path.read_text(encoding="utf-8")).get("alpha", DEFAULT_ALPHA)
+    base, record, alpha = load_baseline(baseline_path)
+    label = str(baseline_path)
     cand, cand_record = per_prompt_table(run_dir)
     tests = compare(base, cand, label, alpha=alpha, n_boot=n_boot, seed=seed)
     notes = []
