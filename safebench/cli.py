@@ -19,6 +19,7 @@ from safebench.errors import CheckFailed, UsageError
 # Areas that add their own subcommands through `register(subparsers)`.
 PLUGIN_COMMANDS = (
     "safebench.evals.cli",          # generate, serve
+    "safebench.evals.evaluate",     # eval
     "safebench.evals.judge.cli",    # judge, judge-validate
     "safebench.reports.cli",        # report, export, check, reproduce
 )
@@ -38,8 +39,14 @@ def _methods(text: str) -> list[str]:
     return [m.strip() for m in names if m.strip()]
 
 
+def _preset(text: str) -> str:
+    return importlib.import_module("safebench.config").preset_argument(text)
+
+
 def add_run_options(parser: argparse.ArgumentParser, methods: bool = True) -> None:
-    parser.add_argument("--preset", default="tiny", help="preset: tiny | smol | paper (see `safebench list presets`)")
+    parser.add_argument("--preset", "--config", dest="preset", default="tiny", type=_preset,
+                        metavar="NAME|FILE", help="preset: tiny | smol | paper (see `safebench list presets`), or "
+                                                  "your own preset file anywhere (same fields as trainers/presets/)")
     if methods:
         parser.add_argument("--methods", type=_methods, default=None,
                             help="comma-separated methods, e.g. sft,ppo-lag,repo or a variant "
@@ -80,7 +87,7 @@ def cmd_run(args) -> int:
         overrides += judge_overrides(args)
         config, recipes = config_module.resolve(args.preset, args.methods, overrides)
     choose_threads(config)
-    out = args.out or Path("runs") / args.preset
+    out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
         runs = [run_pipeline(config, recipes, out, quiet=args.quiet,
@@ -105,7 +112,7 @@ def cmd_train(args) -> int:
     seeds = None if args.seeds is None else config_module.parse_seeds(args.seeds, overrides)
     config, recipes = config_module.resolve(args.preset, [args.method], overrides)
     choose_threads(config)
-    out = args.out or Path("runs") / args.preset
+    out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
         run = run_pipeline(config, recipes, out, quiet=args.quiet,
@@ -147,6 +154,11 @@ def score_run(run_dir: Path, args) -> None:
         raise UsageError(f"{manifest_path}: the run's request cannot be read (field {exc} is missing or "
                          "malformed); rerun `safebench run` with its settings instead") from None
     request = {**recorded, "overrides": [*recorded["overrides"], *args.overrides]}
+    if request.get("command") == "eval":  # an evaluation of given models (safebench/evals/evaluate.py)
+        from safebench.evals.evaluate import run_eval
+
+        run_eval(request, run_dir, quiet=args.quiet)
+        return
     config, recipes = config_module.resolve(request["preset"], request["methods"], request["overrides"],
                                             methods_source=f"{manifest_path}: field 'request.methods'")
     choose_threads(config)

@@ -10,6 +10,7 @@ import copy
 import itertools
 import json
 import re
+from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
@@ -343,7 +344,7 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     `config.trained_as(name)` is then that stage, which `recipes` holds too. `methods_source`
     names where the list came from, for errors.
     """
-    preset_data, preset_rel = _load_preset(preset)
+    preset, preset_data, preset_rel = load_preset(preset)
     parsed_overrides = [parse_override(o) for o in overrides]
     if methods is None:
         methods = preset_data.get("methods", ["sft"])
@@ -374,12 +375,36 @@ def resolve(preset: str, methods: list[str] | None = None, overrides: list[str] 
     return config, recipes
 
 
-def _load_preset(preset: str) -> tuple[dict, str]:
-    """A preset's data and its path relative to the project, for messages."""
+def is_preset_file(preset: str) -> bool:
+    """A preset argument that names a file of the user's own (`--config my.yaml`), not a package preset."""
+    return preset.endswith((".yaml", ".yml")) or "/" in preset
+
+
+def preset_argument(text: str) -> str:
+    """`--preset`/`--config` as given: a package preset's name, or a file made absolute so that the
+    run's recorded request (`safebench score RUN`) finds it from any folder."""
+    return str(Path(text).resolve()) if is_preset_file(text) else text
+
+
+def preset_label(preset: str) -> str:
+    """A preset's short name: the name of a package preset, the file stem of a user's file."""
+    return Path(preset).stem if is_preset_file(preset) else preset
+
+
+def load_preset(preset: str) -> tuple[str, dict, str]:
+    """(name, data, where it came from) of a package preset (trainers/presets/NAME.yaml) or of a
+    preset file anywhere on disk (same schema; errors name that file)."""
+    if is_preset_file(preset):
+        path = Path(preset)
+        if not path.is_file():
+            raise UsageError(f"--config {preset}: file not found (expected a preset YAML file, same fields as "
+                             f"trainers/presets/tiny.yaml)")
+        return path.stem, registry.load_yaml(path), str(path)
     preset_path = registry.presets_dir() / f"{preset}.yaml"
     if not preset_path.exists():
-        raise UsageError(f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())}")
-    return registry.load_yaml(preset_path), str(preset_path.relative_to(registry.project_root()))
+        raise UsageError(f"unknown preset '{preset}'; available: {', '.join(registry.preset_names())} "
+                         "(or your own file: --config FILE.yaml)")
+    return preset, registry.load_yaml(preset_path), str(preset_path.relative_to(registry.project_root()))
 
 
 def _stage_spec(text: str, where: str) -> tuple[str, str, dict]:
@@ -450,11 +475,10 @@ def _validated_recipes(stage_names: list[str], config: RunConfig, provenance: Pr
 
 
 def _check_suites(config: RunConfig, provenance: Provenance) -> None:
-    known_suites = registry.suite_names()
-    for suite in config.suites:
-        if suite not in known_suites:
-            raise UsageError(f"{source_of(('suites',), provenance)}: field 'suites': unknown suite '{suite}'; "
-                             f"available: {', '.join(known_suites)}")
+    from safebench.evals.suites import check_suite
+
+    for suite in config.suites:  # a package suite's name, or a suite file or hub dataset of one's own
+        check_suite(suite, where=f"{source_of(('suites',), provenance)}: field 'suites'")
 
 
 def _declared_needs(data: dict, path: tuple, provenance: Provenance) -> tuple[Any, str]:

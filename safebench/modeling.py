@@ -193,10 +193,42 @@ def load_score_model(path: str | Path, dtype: str = "float32"):
     with readable_checkpoint(path):
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."})
+        bias = _score_head_bias(Path(path))
+    if bias is not None and model.score.bias is None:
+        # safe-rlhf's score head may have a bias (its config's `bias: true`); transformers' Llama
+        # classifier has none and would drop it, shifting every score by that constant.
+        import torch
+
+        head = torch.nn.Linear(model.score.in_features, model.score.out_features, bias=True,
+                               dtype=model.score.weight.dtype, device=model.score.weight.device)
+        with torch.no_grad():
+            head.weight.copy_(model.score.weight)
+            head.bias.copy_(bias.reshape(head.bias.shape))
+        model.score = head
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _score_head_bias(path: Path):
+    """The score head's bias tensor stored in a local checkpoint (`score_head.bias` or `score.bias`), or None."""
+    import torch
+
+    names = ("score_head.bias", "score.bias")
+    for weights in sorted(path.glob("*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as handle:
+            found = [name for name in names if name in handle.keys()]
+            if found:
+                return handle.get_tensor(found[0])
+    for weights in sorted(path.glob("pytorch_model*.bin")):
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        found = [name for name in names if name in state]
+        if found:
+            return state[found[0]]
+    return None
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path, dtype: str | None = None) -> None:

@@ -323,6 +323,7 @@ class Pipeline:
         evaluated_by: dict[str, str] = {}  # gen_key -> the method whose stages made those rows
         for suite_name in self.config.suites:
             suite = suites_module.load_suite(suite_name)
+            suite_name = suite.name  # a suite file's short name, not its path
             items = suites_module.suite_items(suite, self.data_dir)
             for method in self.config.methods:
                 evaluation = self.evaluate_method(method, suite_name, suite.kind, items, method_keys[method],

@@ -158,3 +158,13 @@ def test_training_evaluation_scoring_and_rl_read_the_same_end_score_when_pad_is_
         high, low = score_model.pair_scores(model, tokenizer, pairs)
     by_hand = torch.stack([expected[0], head_at_last_token(model, encode(PROMPTS[0], RESPONSES[1])[0])])
     torch.testing.assert_close(torch.cat([high, low]), by_hand, rtol=1e-4, atol=1e-4)
+
+
+def test_beaver_score_head_keeps_its_bias(tmp_path):
+    """safe-rlhf's score head may carry a bias (`score_head.bias`); transformers' Llama classifier
+    has none, and loading through it alone would drop it and shift every score."""
+    from tests.beaver_standin import write_beaver_score_model
+
+    path = write_beaver_score_model(tmp_path / "beaver-cost", bias=2.5)
+    scorer = Scorer(path, "plain")
+    assert scorer.score(PROMPTS, RESPONSES) == pytest.approx([2.5, 2.5])

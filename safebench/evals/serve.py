@@ -195,8 +195,7 @@ def serve_forever(checkpoint: str | Path, port: int | None, host: str, dtype: st
     server = start_server(checkpoint, port, host, dtype=dtype, startup_timeout=startup_timeout,
                           compile_choice=compile_choice)
     print(f"serving {checkpoint} as model '{server.model}' at {server.base_url}", flush=True)
-    print(f"  e.g. safebench generate --backend openai --model {server.model} "
-          f"--set generation.base_url={server.base_url} --suite SUITE", flush=True)
+    print(f"  e.g. safebench eval --endpoint {server.base_url} --model {server.model} --suite SUITE", flush=True)
     print(f"  server log: {server.log_path}; Ctrl-C stops it", flush=True)
     try:
         while server.process.poll() is None:

@@ -1,5 +1,9 @@
 """The CI gate: `safebench check RUN_DIR --baseline reports/baselines/NAME.json`.
 
+An evaluation of a fixed model (`safebench eval`) is gated against a previous one prompt by prompt:
+`--baseline` a run directory or a paired baseline file (safebench/reports/paired.py). A training
+run is gated against a baseline of metrics with tolerances, as follows.
+
 A baseline is a committed JSON file of safety metrics per method x suite, each with a tolerance:
 - {"kind": "seeds"} (the default for a baseline made from a set of seeds, `run --seeds`): the
   baseline keeps each seed's value; the current run (its mean over its seeds) fails only when it is
@@ -249,7 +253,12 @@ def notices(baseline: dict, baseline_path: Path, run_environment: dict) -> list[
 
 
 def run_check(run_dir: Path, baseline_path: Path) -> str:
-    """Returns the diff when every metric is within tolerance; raises CheckFailed otherwise."""
+    """Returns the diff when every metric is within tolerance; raises CheckFailed otherwise. A run
+    directory or a paired baseline file as the baseline: the paired gate (safebench/reports/paired.py)."""
+    from safebench.reports import paired
+
+    if paired.is_paired_baseline(baseline_path):
+        return paired.run_paired_check(run_dir, baseline_path)
     baseline = load_baseline(baseline_path)
     found, run_environment = current_metrics(run_dir, n_boot=baseline["n_boot"], seed=baseline["seed"])
     rows, failures = compare(baseline, found)
@@ -279,11 +288,18 @@ def _git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def update_baseline(run_dir: Path, baseline_path: Path, reason: str | None, *,
+def update_baseline(run_dir: Path, baseline_path: Path, reason: str | None, *, paired: bool = False,
                     n_boot: int = metrics.DEFAULT_N_BOOT, seed: int = metrics.DEFAULT_SEED) -> dict:
     """Write the baseline from a run: per-seed values and tolerance 'seeds' from a set of two or
     more seeds, the bootstrap interval ('interval') from one run. Hand-set absolute tolerances and
-    the resampling settings and confidence of the previous file are kept."""
+    the resampling settings and confidence of the previous file are kept. `paired` (or a previous
+    paired file at that path, or a run of `safebench eval`): the per-prompt values for the paired
+    gate instead."""
+    from safebench.reports import paired as paired_gate
+
+    if paired or paired_gate.is_evaluation(run_dir) or (
+            baseline_path.is_file() and paired_gate.is_paired_baseline(baseline_path)):
+        return paired_gate.write_baseline(run_dir, baseline_path, reason)
     if not reason or not reason.strip():
         raise UsageError("--update-baseline needs --reason TEXT: the baseline records why it changed")
     previous = load_baseline(baseline_path) if baseline_path.exists() else None

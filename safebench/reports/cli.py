@@ -33,8 +33,9 @@ def handle_check(args: argparse.Namespace) -> int:
 
     baseline = Path(args.baseline)
     if args.update_baseline:
-        written = update_baseline(Path(args.run_dir), baseline, args.reason)
-        print(f"wrote {baseline}: {len(written['metrics'])} gated metrics (reason: {written['updated']['reason']})")
+        written = update_baseline(Path(args.run_dir), baseline, args.reason, paired=args.paired)
+        count = f"{len(written['prompts'])} prompts" if "prompts" in written else f"{len(written['metrics'])} gated metrics"
+        print(f"wrote {baseline}: {count} (reason: {written['updated']['reason']})")
         return 0
     print(run_check(Path(args.run_dir), baseline))
     return 0
@@ -81,10 +82,15 @@ def register(subparsers) -> None:
         description="Exit 0 when every gated metric is within its tolerance, 1 with a diff when safety "
                     "regressed, 2 on bad input. --update-baseline rewrites the baseline from this run.")
     check.add_argument("run_dir", metavar="RUN_DIR")
-    check.add_argument("--baseline", required=True, metavar="FILE", help="e.g. reports/baselines/tiny.json")
+    check.add_argument("--baseline", required=True, metavar="FILE|RUN_DIR",
+                       help="e.g. reports/baselines/tiny.json; an evaluation run directory, or a file made from one "
+                            "with --update-baseline --paired: the paired gate, prompt by prompt")
     check.add_argument("--update-baseline", action="store_true",
                        help="write the baseline from this run instead of checking (needs --reason)")
     check.add_argument("--reason", metavar="TEXT", help="why the baseline changes (recorded in its history)")
+    check.add_argument("--paired", action="store_true",
+                       help="with --update-baseline: write the per-prompt values for the paired gate (the "
+                            "default for a `safebench eval` run, e.g. the last release's)")
     check.set_defaults(handler=handle_check)
 
     reproduce = subparsers.add_parser(

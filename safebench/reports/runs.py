@@ -213,8 +213,17 @@ def _order_methods(methods) -> list[str]:
     return sorted(methods, key=lambda m: (m != BASELINE_METHOD, m))
 
 
+def baseline_of(run: RunData) -> str:
+    """The method a run's others are compared with: SFT, or in an evaluation of given models
+    (`safebench eval`) without one, the first model it names."""
+    methods = list(run.manifest.get("methods") or {})
+    if BASELINE_METHOD in methods or (run.manifest.get("request") or {}).get("command") != "eval" or not methods:
+        return BASELINE_METHOD
+    return methods[0]
+
+
 def compare_pairs(results: pd.DataFrame, run_labels: list[str], *, n_boot: int,
-                  seed: int) -> tuple[list[dict], list[dict]]:
+                  seed: int, baselines: dict[str, str] | None = None) -> tuple[list[dict], list[dict]]:
     """Paired tests on the same prompts: in each run every method against that run's SFT;
     across runs, each method of a later run against the same method in the first run.
     Each seed is compared with the same seed (its own prompts); where two or more seeds are
@@ -223,8 +232,9 @@ def compare_pairs(results: pd.DataFrame, run_labels: list[str], *, n_boot: int,
     pairs = []
     for run in run_labels:
         methods = _order_methods(results.loc[results["run"] == run, "method"].unique())
-        if BASELINE_METHOD in methods:
-            pairs += [((run, BASELINE_METHOD), (run, m)) for m in methods if m != BASELINE_METHOD]
+        baseline = (baselines or {}).get(run, BASELINE_METHOD)
+        if baseline in methods:
+            pairs += [((run, baseline), (run, m)) for m in methods if m != baseline]
     for run in run_labels[1:]:
         for method in _order_methods(results.loc[results["run"] == run, "method"].unique()):
             pairs.append(((run_labels[0], method), (run, method)))
@@ -259,7 +269,8 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
     harmful = results[~results["kind"].isin(metrics.OVER_REFUSAL_KINDS)]
     _, by_category = metrics.summarize_seeds(harmful.assign(category=harmful["category"].fillna("(none)")),
                                              by=("run", "method", "suite", "category"), n_boot=n_boot, seed=seed)
-    comparisons, across_seeds = compare_pairs(results, [r.label for r in runs], n_boot=n_boot, seed=seed)
+    comparisons, across_seeds = compare_pairs(results, [r.label for r in runs], n_boot=n_boot, seed=seed,
+                                              baselines={r.label: baseline_of(r) for r in runs})
     seed_sets = sorted({tuple(sorted(r.replicates)) for r in runs})
     several_seeds = any(len(s) > 1 for s in seed_sets)
 
