@@ -408,7 +408,7 @@ def _hub_model(pipeline, policy, repo_id: str) -> tuple[str, Path]:
     return key, hub_snapshot(repo_id, commit or policy.revision, None)
 
 
-def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> Path:
+def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None, where: str = "policy.init") -> Path:
     """The local folder of a hub repository at a revision (HF cache first, then the hub)."""
     from huggingface_hub import snapshot_download
 
@@ -422,7 +422,7 @@ def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> P
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except Exception as exc:  # offline, unknown repo, gated repo: all end the run the same way
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"policy.init = {repo_id!r} (revision {revision or 'main'}): could not reach it on the "
+        raise UsageError(f"{where} = {repo_id!r} (revision {revision or 'main'}): could not reach it on the "
                          f"Hugging Face hub and it is not in the local HF cache ({type(exc).__name__}: {reason[:200]})") from None
 
 
