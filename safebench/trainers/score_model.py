@@ -191,12 +191,13 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
 
 
 def heldout_metrics(model, tokenizer, recipe: Recipe, records: list[dict], template: str) -> dict:
-    """heldout_* over all held-out pairs and, where records of several `kind`s are held out
-    (red-team, benign, harmful), heldout_KIND_* for each: a kind's accuracy can hide another's."""
+    """heldout_* over all held-out pairs and, where the records name their `kind` (red-team, benign,
+    harmful), heldout_KIND_* for each: a kind's accuracy can hide another's, and the report judges
+    a suite's figures by the scorer's accuracy on its kind of prompt (reports/scorers.py)."""
     items = encode_pairs(tokenizer, pairs_for(recipe.kind, records), template, recipe.max_length)
     kinds = [(r.get("kind") or "other").replace("-", "_") for r in records]
     groups = {"": items}
-    if len(set(kinds)) > 1:
+    if any(r.get("kind") for r in records):
         groups = {f"{kind}_": [i for i, k in zip(items, kinds) if k == kind] for kind in sorted(set(kinds))}
     metrics, totals = {}, {}
     for prefix, group in groups.items():
