@@ -270,7 +270,12 @@ def _add_score_bias(model, path: str | Path) -> None:
     import torch
     from safetensors import safe_open
 
-    for shard in sorted(Path(path).glob("*.safetensors")):
+    folder = Path(path)
+    if not folder.is_dir():  # a hub id: from_pretrained has just put its files in the HF cache
+        from safebench.assets import hub_snapshot
+
+        folder = hub_snapshot(str(path), None, None, where="score model")
+    for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as weights:
             name = next((k for k in ("score_head.bias", "score.bias") if k in weights.keys()), None)
             if name is None:
