@@ -46,6 +46,20 @@ WHEEL_BACKBONES = {
 }
 
 
+def check(backbone: str) -> None:
+    """The form of a backbone value, without fetching anything: a ValueError says what is wrong."""
+    text = backbone.strip()
+    if text.startswith(WHEEL_PREFIX):
+        if text[len(WHEEL_PREFIX):] not in WHEEL_BACKBONES:
+            raise ValueError(f"{text}: no such pinned backbone; expected one of "
+                             f"{', '.join(WHEEL_PREFIX + n for n in WHEEL_BACKBONES)}")
+    elif text.startswith((".", "/", "~")) or Path(text).expanduser().exists():
+        if not (Path(text).expanduser() / "config.json").is_file():
+            raise ValueError(f"{text}: not a model directory (no config.json)")
+    elif not re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        raise ValueError(f"{text!r}: expected a model directory, a hub id owner/name, or {WHEEL_PREFIX}NAME")
+
+
 def resolve(backbone: str | None, sft_dir: Path, where: str) -> Path:
     """The model directory a score model starts from (`where` names the field in errors)."""
     if backbone is None:

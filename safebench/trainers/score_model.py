@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from safebench import backbones, modeling
 from safebench.trainers.base import TrainContext
@@ -51,6 +51,13 @@ class Recipe(SupervisedRecipe):
         if self.pretrained and self.backbone:
             raise ValueError("give pretrained (use a score model as it is) or backbone (train one from it), not both")
         return self
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            backbones.check(value)  # a bad value stops the run before SFT trains, not after
+        return value
 
 
 def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:

