@@ -16,7 +16,7 @@ import pandas as pd
 
 from safebench import metrics, seeds
 from safebench.errors import UsageError
-from safebench.reports.scorers import (REFUSAL_RULE, ScorerFigure, grey_tables, heldout_points,
+from safebench.reports.scorers import (REFUSAL_RULE, ScorerFigure, grey_tables, heldout_points, proxy_notes,
                                        refusal_rule_validity, scorer_figures)
 from safebench.store import RunStore
 
@@ -347,6 +347,7 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
                  for figure in scorer_figures(run.label, seed, run.replicates[seed], run.heldout.get(seed, {}))]
         + refusal_rule_validity(results),
     )
+    model.notes += proxy_notes(model.scorers)
     model.tables = _tables(model)
     grey_tables(model.tables, results, model.scorers, [r.label for r in runs])
     return model

@@ -204,6 +204,20 @@ def scorer_figures(run: str, seed: int, manifest: dict, points: dict[str, dict[s
     return out
 
 
+def proxy_notes(figures: list[ScorerFigure]) -> list[str]:
+    """One report note per scorer and kind of prompt whose held-out labels are proxies: what it
+    measures there is a proxy too."""
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for f in figures:
+        if f.labels.startswith("proxy"):
+            kinds.setdefault((f.scorer, f.labels), set()).add(f.kind)
+    notes = []
+    for (scorer, labels), where in kinds.items():
+        on = "" if "" in where else f" on {', '.join(sorted(where))} prompts"
+        notes.append(f"{scorer}{on}: {labels}; the figures it measures{' there' if on else ''} are proxies as well.")
+    return notes
+
+
 # --- the refusal rule against people's refusal labels ---------------------------------------
 def refusal_labels_path() -> Path:
     from safebench import assets

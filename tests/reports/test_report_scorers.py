@@ -225,3 +225,24 @@ def test_a_report_on_real_model_answers_shows_the_refusal_rule(runs, tmp_path, m
     rule = [line for line in lines if line.startswith("| refusal rule (phrases) |")]
     assert rule[0].startswith("| refusal rule (phrases) | accuracy, every label | 70.0 % [") and "| 20 responses |" in rule[0]
     assert len(rule) == 4
+
+
+def test_proxy_labels_are_said_beside_the_figure_and_in_the_notes(runs, tmp_path):
+    """smol's labels (data.source pyrit-human-labels): people's harm ratings on red-team pairs,
+    proxies on benign pairs and for helpfulness."""
+    cost = {**{k: v for k, v in KAPPA_COST.items() if "harmful" not in k},
+            "heldout_red_team_accuracy": 0.9, "heldout_red_team_pairs": 20.0}
+    run = runs.make(tmp_path / "run", runs.rows(n_prompts=4, k=1), scorers=scorer_curves(cost=cost))
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"]["data"] = {"source": "pyrit-human-labels"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    md = render(run)[0]
+    rows = section(md)
+    red_team = next(r for r in rows if "| pair accuracy, red\\_team |" in r)
+    benign = next(r for r in rows if "| pair accuracy, benign |" in r)
+    reward = next(r for r in rows if r.startswith("| reward-model | pair accuracy |"))
+    assert "| labels: people's harm ratings (pyrit) |" in red_team
+    assert "| proxy labels: an answer and a refusal to a benign prompt" in benign
+    assert "| proxy labels: helpfulness derived from harm ratings" in reward
+    assert "- reward-model: proxy labels: helpfulness derived from harm ratings" in md
+    assert "- cost-model on benign prompts: proxy labels" in md
