@@ -235,13 +235,19 @@ def read_refusal_labels(wheel: Path) -> list[dict]:
 
 
 def refusal_labels() -> list[dict]:
-    """The labels, from the cached file, else read once from the pinned wheel (downloaded if need be)."""
+    """The labels, from the cached file, else read once from the pinned wheel in the wheel cache
+    (where a smol run's data stage leaves it). A report never downloads: without the wheel it
+    says the rule was not measured."""
     from safebench import assets
+    from safebench.errors import UsageError
     from safebench.store import atomic_write_json
 
     path = refusal_labels_path()
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
+    if assets._cached_wheel(*assets.parse_spec(assets.PYRIT_SPEC, "pyrit")) is None:
+        raise UsageError(f"{assets.PYRIT_SPEC} is not in the wheel cache {assets.wheel_cache_dir()} "
+                         "(a run of the smol preset fetches it)")
     labels = read_refusal_labels(assets.pyrit_wheel())
     atomic_write_json(path, labels)
     return labels
