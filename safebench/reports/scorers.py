@@ -320,6 +320,7 @@ def grey_reasons(figures: list[ScorerFigure], suite_kinds: dict[str, set[str]]) 
     A scorer with no held-out figures at all greys nothing (the scorers section says why)."""
     grey = Grey()
     for run, kinds_of_suites in suite_kinds.items():
+        whose = f"{run}: " if len(suite_kinds) > 1 else ""
         for scorer in (*SCORE_MODEL_STAGES, REFUSAL_RULE):
             mine = [f for f in figures if f.scorer == scorer and f.run in (run, "") and f.value is not None]
             if not mine:
@@ -334,11 +335,11 @@ def grey_reasons(figures: list[ScorerFigure], suite_kinds: dict[str, set[str]]) 
                 if not relevant:
                     held_out = ", ".join(sorted(k for k in measured if k)) or "none"
                     grey.reasons[(run, scorer, suite_kind)] = (
-                        f"{scorer} not measured on {suite_kind} prompts (its held-out kinds: {held_out})")
+                        f"{whose}{scorer} not measured on {suite_kind} prompts (its held-out kinds: {held_out})")
                     continue
                 near = [f for f in relevant if f.near_chance]
                 if near:
-                    grey.reasons[(run, scorer, suite_kind)] = f"{scorer} near chance: " + "; ".join(map(_fmt, near))
+                    grey.reasons[(run, scorer, suite_kind)] = f"{whose}{scorer} near chance: " + "; ".join(map(_fmt, near))
     return grey
 
 

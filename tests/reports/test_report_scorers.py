@@ -250,3 +250,21 @@ def test_proxy_labels_are_said_beside_the_figure_and_in_the_notes(runs, tmp_path
     assert "| proxy labels: helpfulness derived from harm ratings" in reward
     assert "- reward-model: proxy labels: helpfulness derived from harm ratings" in md
     assert "- cost-model on benign prompts: proxy labels" in md
+
+
+def test_in_a_comparison_each_run_is_greyed_by_its_own_scorers(runs, tmp_path):
+    from safebench.reports.markdown import render_markdown
+    from safebench.reports.runs import build_model, load_runs
+
+    sound = {**KAPPA_COST, "heldout_benign_accuracy": 0.95, "heldout_benign_sign_accuracy": 0.95}
+    a = runs.make(tmp_path / "a", runs.rows(n_prompts=4, k=1), scorers=scorer_curves(cost=KAPPA_COST))
+    b = runs.make(tmp_path / "b", runs.rows(n_prompts=4, k=1), scorers=scorer_curves(cost=sound))
+    md = render_markdown(build_model(load_runs([a, b]), n_boot=20), [])
+    safety = md[md.index("## Safety and scores"):].split("\n## ")[0]
+    assert all("‡1" in line for line in safety.splitlines() if line.startswith("| a | ") and "| tiny-benign |" in line)
+    assert not any("‡" in line for line in safety.splitlines() if line.startswith("| b | "))
+    assert "‡1 greyed, not a number to compare: a: cost-model near chance" in safety
+    paired = md[md.index("## Paired tests against the baseline"):].split("\n## ")[0]
+    # a paired test across runs is greyed where either run's scorer is near chance
+    assert all("‡1" in line for line in paired.splitlines() if "| tiny-benign | a/" in line)
+    assert not any("‡" in line for line in paired.splitlines() if "| tiny-benign | b/" in line)
