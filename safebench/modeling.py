@@ -2,6 +2,9 @@
 
 Checkpoints are ordinary safetensors directories: `AutoModelForCausalLM.from_pretrained`
 loads a policy, `AutoModelForSequenceClassification` (num_labels=1) a reward or cost model.
+A score model's backbone may be a decoder (the SFT model, as in Safe RLHF) or an encoder such
+as a sentence transformer; `config.score_pooling`, saved with the checkpoint, says how its
+hidden states become one score (POOLINGS).
 
 Precision (Safe RLHF trains with DeepSpeed bf16, SACPO with TRL `bf16=True`: both keep fp32
 master weights and compute in bf16): a model being trained holds float32 parameters and runs
@@ -69,9 +72,9 @@ def leading_bos(tokenizer) -> int | None:
     safe_rlhf/datasets/base.py `TokenizedDataset.tokenize`): a Llama tokenizer (Alpaca-7B,
     the beaver score models) starts every text with BOS; GPT-2-style tokenizers and the tiny
     world's add nothing. Only the leading BOS is taken: the eos after a response is appended
-    explicitly (`encode_pair`).
+    explicitly (`encode_pair`). An encoder's tokenizer (BERT) has no BOS but opens with its CLS.
     """
-    bos = tokenizer.bos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     if bos is None:
         return None
     return bos if tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos] else None
@@ -97,8 +100,10 @@ def encode_pair(tokenizer, prompt_text: str, response: str | None, max_length: i
     if response is None:
         return prompt_ids[-max_length:], min(len(prompt_ids), max_length)
     response_ids = tokenizer(" " + response, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        response_ids = response_ids + [tokenizer.eos_token_id]
+    # an encoder's tokenizer ends a text with SEP where a decoder's has eos
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is not None:
+        response_ids = response_ids + [eos]
     ids = (prompt_ids + response_ids)[:max_length]
     return ids, min(len(prompt_ids), len(ids))
 
@@ -119,6 +124,45 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> t
     return ids, mask
 
 
+# How a score model turns a sequence into one score (config.score_pooling):
+#   last   the head at the last attended token: Safe RLHF's end score, for decoders (a causal
+#          model's last token has read the whole text); what RL's critics read at every token
+#   mean   the head on the mean of the attended tokens' last hidden states, and
+#   cls    the head on the first token's: an encoder reads the text both ways, so its last token
+#          is no summary; a sentence encoder is read as it was trained to embed a text (its
+#          sentence-transformers 1_Pooling/config.json; all-MiniLM-L6-v2 says mean)
+#   model  the model's own classification forward (its pooler as trained): a published encoder
+#          sequence classifier, e.g. an existing reward model
+POOLINGS = ("last", "mean", "cls", "model")
+SENTENCE_POOLING_FILE = "1_Pooling/config.json"
+PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}BEGINNING OF CONVERSATION: USER: "
+                       "{{ m['content'] }} ASSISTANT:{% endif %}{% endfor %}")
+
+
+def score_head(model):
+    """The linear head of a sequence classifier: `score` in transformers' decoders, `classifier` in its encoders."""
+    head = getattr(model, "score", None)
+    return head if head is not None else getattr(model, "classifier", None)
+
+
+def default_pooling(path: str | Path, model) -> str:
+    """The pooling of a backbone that names none: `last` for a decoder (a `score` head), the
+    sentence-transformers pooling for a sentence encoder, else the classifier's own forward."""
+    import json
+
+    if getattr(model, "score", None) is not None:
+        return "last"
+    pooling_file = Path(path) / SENTENCE_POOLING_FILE
+    if pooling_file.is_file():
+        modes = json.loads(pooling_file.read_text(encoding="utf-8"))
+        for mode, name in (("pooling_mode_mean_tokens", "mean"), ("pooling_mode_cls_token", "cls")):
+            if modes.get(mode):
+                return name
+        raise UsageError(f"{pooling_file}: a sentence pooling safebench does not read "
+                         f"({', '.join(k for k, v in modes.items() if v is True)}); expected mean or cls tokens")
+    return "model"
+
+
 def token_scores(model, input_ids, attention_mask, position_ids=None):
     """A sequence-classification model's head on every position's hidden state [B, L] (float32)."""
     backbone = getattr(model, model.base_model_prefix)
@@ -134,14 +178,27 @@ def last_attended(values, attention_mask):
 
 
 def end_scores(model, input_ids, attention_mask, position_ids=None):
-    """A reward or cost model's score of each sequence: the head at the last attended token.
+    """A reward or cost model's score of each sequence: a decoder's head at the last attended
+    token; an encoder's as its `config.score_pooling` says (POOLINGS).
 
     As Safe RLHF's score models read it (safe_rlhf/models/score_model/__init__.py: `end_index`
     from the attention mask), and as RL reads it. Not transformers' own pooling, which takes the
     last token that is not `pad_token_id`: with pad == eos (SmolLM2, any tokenizer padded with
     eos) that skips the eos ending every response.
     """
-    return last_attended(token_scores(model, input_ids, attention_mask, position_ids), attention_mask)
+    pooling = getattr(getattr(model, "config", None), "score_pooling", None) or "last"
+    if pooling == "last":
+        return last_attended(token_scores(model, input_ids, attention_mask, position_ids), attention_mask)
+    if pooling == "model":
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1).float()
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    return score_head(model)(pooled).squeeze(-1).float()
 
 
 def check_model_dir(path: str | Path, what: str = "model") -> Path:
@@ -191,44 +248,48 @@ def load_score_model(path: str | Path, dtype: str = "float32"):
     # Safe RLHF's published score models (beaver-7b-v1.0-reward/-cost) name their head
     # `score_head`; transformers' sequence classifiers call it `score`.
     with readable_checkpoint(path):
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."})
-        bias = _score_head_bias(Path(path))
-    if bias is not None and model.score.bias is None:
-        # safe-rlhf's score head may have a bias (its config's `bias: true`); transformers' Llama
-        # classifier has none and would drop it, shifting every score by that constant.
-        import torch
-
-        head = torch.nn.Linear(model.score.in_features, model.score.out_features, bias=True,
-                               dtype=model.score.weight.dtype, device=model.score.weight.device)
-        with torch.no_grad():
-            head.weight.copy_(model.score.weight)
-            head.bias.copy_(bias.reshape(head.bias.shape))
-        model.score = head
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=torch_dtype(dtype), key_mapping={r"^score_head\.": "score."},
+            output_loading_info=True)
+        if "score.bias" in info["unexpected_keys"]:
+            _add_score_bias(model, path)
+    if getattr(model.config, "score_pooling", None) is None:
+        model.config.score_pooling = default_pooling(path, model)
+    elif model.config.score_pooling not in POOLINGS:
+        raise UsageError(f"{path}/config.json: score_pooling = {model.config.score_pooling!r}; "
+                         f"expected one of {', '.join(POOLINGS)}")
     if model.config.pad_token_id is None:
         tokenizer = load_tokenizer(path)
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def _score_head_bias(path: Path):
-    """The score head's bias tensor stored in a local checkpoint (`score_head.bias` or `score.bias`), or None."""
+def _add_score_bias(model, path: str | Path) -> None:
+    """Give the `score` head the bias the checkpoint holds: Safe RLHF builds its `score_head` with
+    `bias=config.bias`, while transformers' decoder classifiers have none and would drop it."""
     import torch
+    from safetensors import safe_open
 
-    names = ("score_head.bias", "score.bias")
-    for weights in sorted(path.glob("*.safetensors")):
-        from safetensors import safe_open
+    folder = Path(path)
+    if not folder.is_dir():  # a hub id: from_pretrained has just put its files in the HF cache
+        from safebench.assets import hub_snapshot
 
-        with safe_open(str(weights), framework="pt") as handle:
-            found = [name for name in names if name in handle.keys()]
-            if found:
-                return handle.get_tensor(found[0])
-    for weights in sorted(path.glob("pytorch_model*.bin")):
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        found = [name for name in names if name in state]
-        if found:
-            return state[found[0]]
-    return None
+        folder = hub_snapshot(str(path), None, None, where="score model")
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as weights:
+            name = next((k for k in ("score_head.bias", "score.bias") if k in weights.keys()), None)
+            if name is None:
+                continue
+            old = model.score
+            model.score = torch.nn.Linear(old.in_features, old.out_features, bias=True,
+                                          dtype=old.weight.dtype, device=old.weight.device)
+            with torch.no_grad():
+                model.score.weight.copy_(old.weight)
+                model.score.bias.copy_(weights.get_tensor(name).reshape(-1))
+            model.config.bias = True  # as Safe RLHF records it
+            return
+    raise UsageError(f"{path}: the checkpoint holds a score-head bias in no safetensors file; "
+                     "convert it to safetensors")
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path, dtype: str | None = None) -> None:

