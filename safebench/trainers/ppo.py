@@ -286,7 +286,8 @@ class PPOTrainer:
         self.schedulers = {"actor": actor_sched, "reward_critic": r_sched, "cost_critic": c_sched}
         self.rollout_engine = make_rollout(
             recipe.rollout_backend, model=self.unwrapped_actor, tokenizer=self.tokenizer, model_dir=policy_dir,
-            settings=RolloutSettings(recipe.max_new_tokens, recipe.temperature, recipe.top_p, dtype))
+            settings=RolloutSettings(recipe.max_new_tokens, recipe.temperature, recipe.top_p, dtype,
+                                     recipe.rollout_batch_size))
         self.global_step = 0
         self.timings: dict[str, float] = {}
 

@@ -121,3 +121,27 @@ def test_fused_adamw_takes_the_same_steps():
     for a, b, before in zip(model.parameters(), twin.parameters(), start):
         assert not torch.equal(a, before)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_rollout_batch_size_splits_generation_and_keeps_the_layout(checkpoints):
+    """Generation in calls of rollout_batch_size prompts, whatever the micro batch: with greedy
+    decoding the rollouts equal those of one call over all prompts."""
+    from safebench.trainers.rollout import HFRollout, RolloutSettings
+
+    policy = modeling.load_policy(checkpoints["policy"])
+    tokenizer = modeling.load_tokenizer(checkpoints["policy"])
+    prompts = [p["prompt"] for p in ppo_fixtures.world_data(8).prompts]
+    calls = []
+    generate = policy.generate
+
+    def counting(**kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(**kwargs)
+
+    policy.generate = counting
+    batches = [HFRollout(policy, tokenizer, RolloutSettings(max_new_tokens=6, temperature=0.0, batch_size=size))
+               .generate(prompts, seed=0) for size in (None, 3)]
+    assert calls == [8, 3, 3, 2]
+    assert batches[0].prompt_width == batches[1].prompt_width
+    assert torch.equal(batches[0].sequences, batches[1].sequences)
+    assert torch.equal(batches[0].attention_mask, batches[1].attention_mask)
