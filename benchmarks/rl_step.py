@@ -6,8 +6,10 @@ Models are built locally with random weights (no download): `smol` has SmolLM2-1
 shape (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152), `tiny`
 the tiny world's preset shape. Reward and cost models share the policy's backbone shape.
 
-Phases: rollout (generation), scoring (reward + cost end scores), reference+values (actor,
-reference and both critics read the rollout), update (PPO on actor and both critics).
+Phases: rollout (generation), scoring (reward + cost end scores), reference+values (the
+reference reads the rollout; the actor and both critics too where the update is several passes,
+else the update's own forward gives their old values: docs/fidelity.md "Speed"), update (PPO on
+actor and both critics, its first forward included).
 MFU of the update phase = its model FLOPs per second / the bf16 matmul rate measured here
 (benchmarks/mfu.py: the best of several runs, before and after the workload).
 Model FLOPs of the update: forward + backward = 3 × forward, with forward = 2 × (matmul
