@@ -208,6 +208,7 @@ def main() -> None:
         prompts = [modeling.format_prompt(tokenizer, p.prompt, "plain") for p in tiny.all_prompts()]
         for sequences in (int(s) for s in args.sequences.split(",")):
             results += run_size(paths, sequences, args, prompts, Path(tmp) / f"trl-{sequences}")
+            write_results(Path(args.out), args, load_before, results)  # each size as it completes
     columns = ["trainer", "sequences", "iteration_s", "tokens_per_s", "tokens_per_s_vs_rloo", *STAGES,
                "iteration_over_update"]
     print(f"threads {args.threads}; {args.new_tokens} new tokens; median of {args.rounds} rounds; "
@@ -215,23 +216,23 @@ def main() -> None:
     print(" | ".join(columns))
     for r in results:
         print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in columns))
+    print(f"wrote {args.out}")
+
+
+def write_results(out: Path, args, load_before, results: list[dict]) -> None:
     import transformers
     import trl
 
     payload = {"command": " ".join(["python", "benchmarks/rl_peer.py", *sys.argv[1:]]), "shape": args.shape,
-               "threads": args.threads,
-               "new_tokens": args.new_tokens, "rounds": args.rounds, "kl_coeff": KL_COEFF,
+               "threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds, "kl_coeff": KL_COEFF,
                "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                "precision": "float32 masters of trained models under bf16 autocast, every trainer",
                "results": results}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(payload, indent=2))
     tmp_out.replace(out)
-    print(f"wrote {out}")
-
 
 if __name__ == "__main__":
     main()
