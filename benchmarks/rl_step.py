@@ -6,9 +6,12 @@ Models are built locally with random weights (no download): `smol` has SmolLM2-1
 shape (hidden 576, 30 layers, 9 heads, 3 kv heads, intermediate 1536, vocab 49152), `tiny`
 the tiny world's preset shape. Reward and cost models share the policy's backbone shape.
 
-Phases: rollout (generation), scoring (reward + cost end scores), reference+values (actor,
-reference and both critics read the rollout), update (PPO on actor and both critics).
-MFU of the update phase = its model FLOPs per second / the bf16 matmul rate measured here.
+Phases: rollout (generation), scoring (reward + cost end scores), reference+values (the
+reference reads the rollout; the actor and both critics too where the update is several passes,
+else the update's own forward gives their old values: docs/fidelity.md "Speed"), update (PPO on
+actor and both critics, its first forward included).
+MFU of the update phase = its model FLOPs per second / the bf16 matmul rate measured here
+(benchmarks/mfu.py: the best of several runs, before and after the workload).
 Model FLOPs of the update: forward + backward = 3 × forward, with forward = 2 × (matmul
 parameters) per token plus attention (4 × layers × context × hidden per token); the LM head
 runs on response positions only (logits_to_keep).
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from mfu import matmul_flops  # benchmarks/mfu.py (the script's folder is on sys.path)
+from mfu import describe, matmul_flops  # benchmarks/mfu.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,13 +40,17 @@ SHAPES = {
 }
 
 
-def build_models(name: str, folder: Path, dtype: str) -> dict:
+def build_models(name: str, folder: Path, dtype: str, tokenizer=None) -> dict:
+    """Random-weight policy, reward and cost checkpoints of a shape, with `tokenizer` (default: the
+    tiny world's; one without a pad token pads with eos, as modeling.load_tokenizer does)."""
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     from safebench.world import tiny
 
     shape = SHAPES[name]
-    tokenizer = tiny.build_tokenizer()
+    tokenizer = tokenizer or tiny.build_tokenizer()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     config = LlamaConfig(
         vocab_size=shape["vocab"] or len(tokenizer), hidden_size=shape["hidden_size"],
         intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
@@ -118,17 +125,23 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/rl_step.json"))
     args = parser.parse_args()
-    peak = matmul_flops()
-    results = [bench(name, args.iterations, args.dtype, peak) for name in args.models.split(",")]
+    before = matmul_flops()
+    results = [bench(name, args.iterations, args.dtype, before) for name in args.models.split(",")]
+    after = matmul_flops()
+    peak = max(before, after)
+    for r in results:  # over the higher of the two rates
+        r["update_mfu"] = r["update_tflops"] * 1e12 / peak
     columns = ["model", "params", "rollout_s", "scoring_s", "reference_values_s", "update_s", "iteration_s",
                "response_tokens_per_s", "update_tflops", "update_mfu"]
-    print(f"bf16 matmul rate (1024^3, this machine, now): {peak / 1e12:.3f} TFLOP/s; threads {torch.get_num_threads()}")
+    print(f"bf16 matmul rate ({describe()}): {peak / 1e12:.3f} TFLOP/s (before {before / 1e12:.3f}, "
+          f"after {after / 1e12:.3f}); threads {torch.get_num_threads()}")
     print(" | ".join(columns))
     for r in results:
         print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in columns))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"matmul_bf16_flops": peak, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    payload = {"matmul_bf16_flops": peak, "matmul_bf16_flops_before": before, "matmul_bf16_flops_after": after,
+               "matmul_measure": describe(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "results": results}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2))

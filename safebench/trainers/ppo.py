@@ -38,6 +38,7 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -46,7 +47,7 @@ from safebench.errors import UsageError
 from safebench.store import atomic_directory, atomic_write_json
 from safebench.trainers import resume_state
 from safebench.trainers.base import TrainContext
-from safebench.trainers.loop import batch_order, decay_groups
+from safebench.trainers.loop import adamw, batch_order, decay_groups
 from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
 from safebench.trainers.rollout import RolloutBatch, RolloutSettings, make_rollout
 
@@ -147,6 +148,16 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that skip left padding, as generation used them."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class UpdateForward(NamedTuple):
+    """An update pass's forward over rollout rows: log-probs and entropy [B, N] of the actor, the
+    critics' values [B, N]; all but the entropy carry gradients."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor
+    reward_values: torch.Tensor
+    cost_values: torch.Tensor
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -276,7 +287,8 @@ class PPOTrainer:
         self.schedulers = {"actor": actor_sched, "reward_critic": r_sched, "cost_critic": c_sched}
         self.rollout_engine = make_rollout(
             recipe.rollout_backend, model=self.unwrapped_actor, tokenizer=self.tokenizer, model_dir=policy_dir,
-            settings=RolloutSettings(recipe.max_new_tokens, recipe.temperature, recipe.top_p, dtype))
+            settings=RolloutSettings(recipe.max_new_tokens, recipe.temperature, recipe.top_p, dtype,
+                                     recipe.rollout_batch_size))
         self.global_step = 0
         self.timings: dict[str, float] = {}
 
@@ -291,7 +303,7 @@ class PPOTrainer:
     def _optimizer(model, lr, weight_decay, scheduler_name, warmup_ratio, total_steps, betas):
         from transformers import get_scheduler
 
-        optimizer = torch.optim.AdamW(decay_groups(model, weight_decay), lr=lr, betas=tuple(betas))
+        optimizer = adamw(decay_groups(model, weight_decay), lr, betas)
         scheduler = get_scheduler(scheduler_name, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                                   num_training_steps=max(total_steps, 1))
         return optimizer, scheduler
@@ -360,20 +372,53 @@ class PPOTrainer:
         scores = critic(batch.sequences, batch.attention_mask, position_ids(batch.attention_mask))
         return scores[:, batch.prompt_width - 1:-1]
 
+    def reuses_update_forward(self, rows: int) -> bool:
+        """Whether the update's first forward can stand in for the experience pass: with one PPO
+        epoch, one optimizer step and one micro batch, that forward sees the same weights, rows and
+        padding as the experience pass (every model stays in eval mode, so no dropout), so its
+        log-probs and values are the old ones (docs/fidelity.md, "Speed")."""
+        recipe = self.recipe
+        step_rows = recipe.train_batch_size // self.accelerator.num_processes
+        return recipe.update_iters == 1 and rows <= step_rows and rows <= recipe.micro_batch_size
+
+    def update_forward(self, batch: RolloutBatch, *, actor_syncs: bool = True) -> UpdateForward:
+        """The actor's and both critics' forward of an update pass, with gradients. `actor_syncs`:
+        whether the actor's backward on it is the optimizer step's last (DDP synchronises then)."""
+        with self._pass_context(actor_last=actor_syncs, critics_last=True), self.accelerator.autocast():
+            log_probs, entropy = self.actor_log_probs(self.actor, batch, entropy=True)
+            return UpdateForward(log_probs, entropy, self.response_values(self.reward_critic, batch),
+                                 self.response_values(self.cost_critic, batch))
+
+    def _pass_context(self, *, actor_last: bool, critics_last: bool) -> contextlib.ExitStack:
+        """DDP's no_sync for each model whose backward in this pass is not its step's last."""
+        stack = contextlib.ExitStack()
+        for model, last in ((self.actor, actor_last), (self.reward_critic, critics_last),
+                            (self.cost_critic, critics_last)):
+            if not last:
+                stack.enter_context(self.accelerator.no_sync(model))
+        return stack
+
     @torch.no_grad()
-    def make_experience(self, batch: RolloutBatch, rewards: torch.Tensor, costs: torch.Tensor) -> dict:
+    def make_experience(self, batch: RolloutBatch, rewards: torch.Tensor, costs: torch.Tensor,
+                        own: UpdateForward | None = None) -> dict:
+        """Old log-probs and values, reference log-probs, shaped rewards and GAE. `own`: the update's
+        forward on this batch where `reuses_update_forward` holds; its values are the old ones."""
         recipe = self.recipe
         mask = batch.attention_mask[:, batch.prompt_width:].float()
         actor = self.unwrapped_actor
         with self.accelerator.autocast():
-            old_log_probs = self.actor_log_probs(actor, batch)
+            if own is None:
+                old_log_probs = self.actor_log_probs(actor, batch)
+                reward_values = self.response_values(self.accelerator.unwrap_model(self.reward_critic), batch)
+                cost_values = self.response_values(self.accelerator.unwrap_model(self.cost_critic), batch)
+            else:
+                old_log_probs = own.log_probs.detach()
+                reward_values, cost_values = own.reward_values.detach(), own.cost_values.detach()
             if self.reference is None:
                 with actor.disable_adapter():
                     ref_log_probs = self.actor_log_probs(actor, batch)
             else:
                 ref_log_probs = self.actor_log_probs(self.reference, batch)
-            reward_values = self.response_values(self.accelerator.unwrap_model(self.reward_critic), batch)
-            cost_values = self.response_values(self.accelerator.unwrap_model(self.cost_critic), batch)
         token_rewards, token_costs = kl_shaped_rewards(rewards, self.method.cost_signal(costs), old_log_probs, ref_log_probs, mask,
                                                        recipe.kl_coeff, recipe.clip_range_score)
         reward_advantages, reward_returns = gae(reward_values, token_rewards, mask, recipe.gamma, recipe.gae_lambda)
@@ -387,13 +432,16 @@ class PPOTrainer:
             "kl": ((old_log_probs - ref_log_probs) * mask).sum(-1),
         }
 
-    def update(self, exp: dict, ptx_examples: list | None = None) -> dict[str, float]:
+    def update(self, exp: dict, ptx_examples: list | None = None, own: UpdateForward | None = None) -> dict[str, float]:
         """PPO update of actor and both critics on this process's rollouts, one optimizer step per
         train_batch_size rollouts (all processes). With PTX, each step's actor gradient also holds
         ptx_coeff × the LM loss of as many SFT examples: Safe RLHF doubles the actor's gradient
-        accumulation, so the RL and PTX halves are each scaled by 1/2 and clipped together."""
+        accumulation, so the RL and PTX halves are each scaled by 1/2 and clipped together.
+        `own`: the forward `make_experience` took its old values from, the update's only RL pass."""
         recipe = self.recipe
         rows = exp["mask"].shape[0]
+        if own is not None and not self.reuses_update_forward(rows):
+            raise ValueError("an update with several passes cannot reuse one forward")
         step_rows = recipe.train_batch_size // self.accelerator.num_processes
         use_ptx = recipe.ptx_coeff > 0 and bool(ptx_examples)
         share = 1.0 / (math.ceil(rows / step_rows) * recipe.update_iters)  # of the logged means
@@ -407,7 +455,8 @@ class PPOTrainer:
             for start in range(0, rows, step_rows):
                 stop = min(start + step_rows, rows)
                 ptx = ptx_examples[start:stop] if use_ptx else []
-                self._accumulate_step(exp, start, stop, ptx, 0.5 if use_ptx else 1.0, share, totals, diagnostics)
+                self._accumulate_step(exp, start, stop, ptx, 0.5 if use_ptx else 1.0, share, totals, diagnostics,
+                                      own)
                 for model, optimizer in zip(models, optimizers):
                     self.accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
                     optimizer.step()
@@ -419,9 +468,10 @@ class PPOTrainer:
         return {**totals, **diagnostics}
 
     def _accumulate_step(self, exp: dict, start: int, stop: int, ptx: list, actor_scale: float, share: float,
-                         totals: dict[str, float], diagnostics: dict[str, float]) -> None:
+                         totals: dict[str, float], diagnostics: dict[str, float],
+                         own: UpdateForward | None = None) -> None:
         """Gradients of one optimizer step, micro_batch_size rows per backward pass; DDP synchronises
-        each model on its last pass only."""
+        each model on its last pass only. `own`: the forward of the step's only RL pass, taken already."""
         size = self.recipe.micro_batch_size
         rl_parts = [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
         ptx_parts = [ptx[s:s + size] for s in range(0, len(ptx), size)]
@@ -429,14 +479,10 @@ class PPOTrainer:
         for index, (kind, part) in enumerate(passes):
             actor_last = index == len(passes) - 1
             critics_last = kind == "rl" and index == len(rl_parts) - 1
-            with contextlib.ExitStack() as stack:
-                for model, last in ((self.actor, actor_last), (self.reward_critic, critics_last),
-                                    (self.cost_critic, critics_last)):
-                    if not last:
-                        stack.enter_context(self.accelerator.no_sync(model))
+            with self._pass_context(actor_last=actor_last, critics_last=critics_last):
                 if kind == "rl":
                     weight = (part.stop - part.start) / (stop - start)
-                    losses, micro_diagnostics = self._micro_losses(exp, part)
+                    losses, micro_diagnostics = self._micro_losses(exp, part, own)
                     loss = actor_scale * losses["actor_loss"] + losses["reward_critic_loss"] + losses["cost_critic_loss"]
                     for key, value in micro_diagnostics.items():
                         diagnostics[key] = diagnostics.get(key, 0.0) + value.item() * weight * share
@@ -448,18 +494,23 @@ class PPOTrainer:
             for key, value in losses.items():
                 totals[key] += value.item() * weight * share
 
-    def _micro_losses(self, exp: dict, rows: slice) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """The three losses of a micro batch, and the actor's update diagnostics on it (detached)."""
+    def _micro_losses(self, exp: dict, rows: slice, own: UpdateForward | None = None,
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The three losses of a micro batch, and the actor's update diagnostics on it (detached).
+        `own`: the forward on these rows, taken already (the context of this pass was entered then)."""
         recipe = self.recipe
         full = exp["batch"]
-        batch = RolloutBatch(full.sequences[rows], full.attention_mask[rows], full.prompt_width)
         mask = exp["mask"][rows]
         advantages = self.method.advantages(exp["reward_advantages"][rows], exp["cost_advantages"][rows],
                                             exp["costs"][rows])
-        with self.accelerator.autocast():
-            log_probs, entropy = self.actor_log_probs(self.actor, batch, entropy=True)
-            reward_values = self.response_values(self.reward_critic, batch)
-            cost_values = self.response_values(self.cost_critic, batch)
+        if own is None:
+            with self.accelerator.autocast():
+                batch = RolloutBatch(full.sequences[rows], full.attention_mask[rows], full.prompt_width)
+                log_probs, entropy = self.actor_log_probs(self.actor, batch, entropy=True)
+                reward_values = self.response_values(self.reward_critic, batch)
+                cost_values = self.response_values(self.cost_critic, batch)
+        else:
+            log_probs, entropy, reward_values, cost_values = own
         with torch.no_grad():
             diagnostics = {**update_diagnostics(log_probs, exp["old_log_probs"][rows], advantages, mask,
                                                 recipe.clip_range_ratio),
@@ -492,14 +543,20 @@ class PPOTrainer:
         t1 = clock()
         rewards, costs = self.score(batch, prompts)
         t2 = clock()
-        exp = self.make_experience(batch, rewards, costs)
+        own = None
+        if self.reuses_update_forward(batch.sequences.shape[0]):
+            use_ptx = self.recipe.ptx_coeff > 0 and bool(ptx_examples)
+            own = self.update_forward(batch, actor_syncs=not use_ptx)
+        t_own = clock()
+        exp = self.make_experience(batch, rewards, costs, own)
         t3 = clock()
         self.method.update_multiplier(costs.float().cpu(), self.global_step)
-        losses = self.update(exp, ptx_examples)
+        losses = self.update(exp, ptx_examples, own)
         t4 = clock()
         self.global_step += 1
-        self.timings = {"rollout_seconds": t1 - t0, "scoring_seconds": t2 - t1, "experience_seconds": t3 - t2,
-                        "update_seconds": t4 - t3}
+        # the reused forward belongs to the update, whose first pass it is
+        self.timings = {"rollout_seconds": t1 - t0, "scoring_seconds": t2 - t1, "experience_seconds": t3 - t_own,
+                        "update_seconds": t4 - t3 + t_own - t2}
         local = torch.stack([
             rewards.float().mean(), costs.float().mean(), (costs > 0).float().mean(), exp["kl"].mean(),
             exp["mask"].sum(-1).mean(), exp["reward_values"][:, 0].mean(), exp["cost_values"][:, 0].mean(),

@@ -50,6 +50,11 @@ class PPORecipe(RecipeBase):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     rollout_backend: Literal["hf", "vllm"] = "hf"
+    # prompts per generate call on one process, independent of micro_batch_size (the hf backend;
+    # vLLM schedules its own batches); None: all of the process's prompts at once, which is Safe
+    # RLHF's one call per micro batch with the published sizes (16 prompts and 16 per micro batch
+    # a device). Another value samples other, equally likely, rollouts (docs/fidelity.md)
+    rollout_batch_size: int | None = Field(None, ge=1)
     # autocast of the float32-weighted actor and critics; auto: bf16 when policy.dtype is bfloat16
     # or on a GPU that has it; no: float32 compute
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"

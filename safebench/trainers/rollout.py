@@ -32,6 +32,10 @@ class RolloutSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     dtype: str = "float32"          # engines holding their own copy load it in this dtype
+    # prompts per generate call of the HF engine (memory only); None: all of a process's prompts in
+    # one call. The samples come from the same distribution either way, but the random draws fall on
+    # the rows differently, so another value gives other (equally likely) rollouts.
+    batch_size: int | None = None
 
 
 class RolloutEngine(Protocol):
@@ -56,21 +60,24 @@ class HFRollout:
 
         tokenizer = self.tokenizer
         prompt_ids = [modeling.encode_prompt(tokenizer, t) for t in prompt_texts]
-        ids, mask = modeling.pad_batch(prompt_ids, tokenizer.pad_token_id, side="left")
         device = next(self.model.parameters()).device
         sampling = self.settings.temperature > 0
+        size = self.settings.batch_size or len(prompt_ids)
         torch.manual_seed(seed)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device),
-            max_new_tokens=self.settings.max_new_tokens, do_sample=sampling,
-            temperature=self.settings.temperature if sampling else None,
-            top_p=self.settings.top_p if sampling else None, top_k=0 if sampling else None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
+        responses = []
+        for start in range(0, len(prompt_ids), size):
+            ids, mask = modeling.pad_batch(prompt_ids[start:start + size], tokenizer.pad_token_id, side="left")
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=self.settings.max_new_tokens, do_sample=sampling,
+                temperature=self.settings.temperature if sampling else None,
+                top_p=self.settings.top_p if sampling else None, top_k=0 if sampling else None,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            responses += out[:, ids.shape[1]:].cpu().tolist()
         self.model.train(was_training)
-        responses = out[:, ids.shape[1]:].cpu().tolist()
         return build_rollout_batch(prompt_ids, responses, tokenizer.pad_token_id, tokenizer.eos_token_id)
 
 
