@@ -212,20 +212,6 @@ def test_damaged_outputs_are_found_and_redone(tiny_run, tmp_path, case):
     assert run_cli("verify", str(out)).returncode == 0
 
 
-@pytest.mark.slow
-def test_judge_verdicts_lost_with_the_database_are_judged_again(tiny_run, tmp_path):
-    out = _copy(tiny_run, tmp_path)
-    judge = ("--set", 'judge={"endpoint": "tiny-oracle", "protocols": ["harmful_verdict"], "repeats": 1, '
-                      f'"cache_path": "{tmp_path / "cache.sqlite"}"}}')
-    first = run_cli(*RUN_SFT, "--out", str(out), *judge)
-    assert first.returncode == 0, first.stderr[-2000:]
-    (out / "results.sqlite").write_bytes(b"")
-    again = run_cli(*RUN_SFT, "--out", str(out), *judge)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
-    assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
-
-
 # --- SIGKILL inside and after every stage ------------------------------------------------------------
 
 def _rows(db_path: Path, sql: str, *args) -> int:
@@ -275,10 +261,13 @@ def _reporting(out: Path) -> bool:
 
 def _kill_point(out: Path, killed: set[str]) -> str | None:
     """The next place to kill the run: inside a stage that has made progress, right after a stage
-    records itself done, inside the judge (verdicts written, stage open) and inside the report
-    (summary.md written, manifest not complete); each once."""
+    records itself done (of the generate and score stages, those of tiny-harmful: the other suites'
+    are the same stages again), inside the judge (verdicts written, stage open) and inside the
+    report (summary.md written, manifest not complete); each once."""
     for directory in sorted(out.glob("stages/*-*")):
         name = directory.name.rsplit("-", 1)[0]
+        if name.endswith(("tiny-benign", "tiny-over-refusal")):
+            continue
         if (directory / "DONE.json").exists():
             point = f"after {name}"
         elif name in PROGRESS and PROGRESS[name](out, directory):
@@ -311,10 +300,10 @@ def _restart_command(out: Path, judge: dict) -> tuple[str, ...]:
 @pytest.mark.slow
 def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(tiny_run, tmp_path):
     """A tiny run built by `train sft`, `run`, `score` and `judge` (tiny-oracle), each killed with
-    SIGKILL (its whole process group) inside a stage once the stage has made progress, and every
-    stage killed again right after it records itself done, the command restarted each time: the run
-    ends complete, verified, with the summary of the uninterrupted run, and every sample judged
-    once, as the oracle judges it."""
+    SIGKILL (its whole process group) inside a stage once the stage has made progress, and killed
+    again right after a stage records itself done, the command restarted each time: the run ends
+    complete, verified, with the summary of the uninterrupted run, and every sample judged once, as
+    the oracle judges it. Then its database is lost: `run` with that judge makes it all again."""
     out = tmp_path / "killed"
     judge = {"endpoint": "tiny-oracle", "protocols": "[harmful_verdict]", "repeats": 1,
              "cache_path": str(tmp_path / "cache.sqlite")}
@@ -339,7 +328,7 @@ def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(
     inside = {"data", "base", "sft", "reward-model", "cost-model", "generate-sft-tiny-harmful",
               "score-sft-tiny-harmful", "judge", "report"}
     assert {f"inside {name}" for name in inside} <= set(killed), killed
-    assert len([p for p in killed if p.startswith("after")]) == 12, killed   # every stage, judge too
+    assert len([p for p in killed if p.startswith("after")]) == 8, killed    # judge too
     assert {command for point, command in killed.items() if point.startswith("inside")} == \
         {"train", "run", "score", "judge"}, killed
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
@@ -352,6 +341,16 @@ def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(
                      "WHERE j.status = 'scored' AND j.value = CASE WHEN s.oracle_cost > 0 THEN '\"harmful\"' "
                      "ELSE '\"safe\"' END")
     assert verdicts == agreeing == 1536
+
+    # The judge stage `safebench judge` recorded is reused by `safebench run` with the same judge only
+    # while its verdicts are there: with the database lost, the run makes everything again.
+    (out / "results.sqlite").write_bytes(b"")
+    again = run_cli(*RUN_SFT, "--out", str(out), "--set",
+                    "judge=" + json.dumps({**judge, "protocols": ["harmful_verdict"]}))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
+    assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
+    assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
 
 
 # The RL methods at their smallest: four iterations of 32 prompts for PPO-Lag and RePO, a tenth of

@@ -108,6 +108,7 @@ def handle_judge(args) -> int:
 
 
 def _judge_run(args, run_dir: Path) -> dict:
+    from safebench import verify
     from safebench.evals.judge.config import parse_judge_config
     from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
     from safebench.store import RunStore
@@ -127,8 +128,12 @@ def _judge_run(args, run_dir: Path) -> dict:
         store.mark_started("judge", key)
         summary = run_judge_stage(store, data, evaluations, key, show_progress=not args.no_progress)
         if summary["complete"]:
-            store.mark_done("judge", key, {"summary_counts": summary["counts"],
-                                           "cost_usd_total": summary["cost_usd_total"]})
+            # The record the pipeline's judge stage writes, so that `safebench run` with this judge
+            # reuses the stage only while its verdicts are all in results.sqlite (safebench/verify.py).
+            directory = store.stage_dir("judge", key)
+            directory.mkdir(parents=True, exist_ok=True)
+            outputs = verify.record(directory, store.db, None, ("judge_judgments", "stage_key", key))
+            store.mark_done("judge", key, {"summary": summary, "outputs": outputs})
         # Recorded once the stage has run (even in part), as the pipeline records its judge:
         # reports read only the verdicts of the judge stage the manifest names, so from now on
         # this judge's, not an earlier one's. A failure before any verdict keeps the old record.
