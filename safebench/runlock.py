@@ -4,7 +4,7 @@ Every command that writes a run directory (run, train, score, judge) holds an ex
 `fcntl.flock` on RUN/.lock while it works. The kernel drops the lock when its process ends,
 however it ends (kill -9 included), so a lock left by a killed process is simply taken over;
 the file itself only says who holds it now (pid and command), for the message a second
-command prints.
+command prints. Whoever takes the lock first drops what a killed holder was still writing.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,9 +57,21 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                   "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
+        drop_leftovers(run_dir)
         yield
     finally:
         os.close(fd)  # releases the lock; the file stays, so that no second lock file can race it
+
+
+def drop_leftovers(run_dir: Path) -> None:
+    """What a killed process was writing under a temporary name (store.atomic_directory: a
+    checkpoint or a resumable state, model-sized; store.atomic_write_*: a file) is never renamed
+    into place; only the lock's holder writes the directory, so none of it is anyone's work now."""
+    for leftover in sorted(run_dir.rglob(".*.tmp"), reverse=True):  # the deepest first
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _holder(path: Path) -> str:

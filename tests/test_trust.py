@@ -212,40 +212,240 @@ def test_damaged_outputs_are_found_and_redone(tiny_run, tmp_path, case):
     assert run_cli("verify", str(out)).returncode == 0
 
 
-@pytest.mark.slow
-def test_judge_verdicts_lost_with_the_database_are_judged_again(tiny_run, tmp_path):
-    out = _copy(tiny_run, tmp_path)
-    judge = ("--set", 'judge={"endpoint": "tiny-oracle", "protocols": ["harmful_verdict"], "repeats": 1, '
-                      f'"cache_path": "{tmp_path / "cache.sqlite"}"}}')
-    first = run_cli(*RUN_SFT, "--out", str(out), *judge)
-    assert first.returncode == 0, first.stderr[-2000:]
-    (out / "results.sqlite").write_bytes(b"")
-    again = run_cli(*RUN_SFT, "--out", str(out), *judge)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
-    assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
+# --- SIGKILL inside and after every stage ------------------------------------------------------------
+
+def _rows(db_path: Path, sql: str, *args) -> int:
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=1)
+        try:
+            return db.execute(sql, args).fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:  # not created yet, or busy: no evidence this time
+        return 0
+
+
+def _stage_rows(out: Path, stage: str) -> int:
+    """Rows a generate/score stage (stage directory name generate-METHOD-SUITE-KEY) has written."""
+    step, rest = stage.split("-", 1)
+    method, suite = "sft", rest.removeprefix("sft-").rsplit("-", 1)[0]
+    if step == "generate":
+        return _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples WHERE method=? AND suite=?", method, suite)
+    return _rows(out / "results.sqlite", "SELECT COUNT(*) FROM scores JOIN samples USING (gen_key, prompt_id, sample_idx) "
+                 "WHERE method=? AND suite=?", method, suite)
+
+
+# What shows that an unfinished stage has started and made progress, by the stage directory's name
+# (NAME-KEY): its partial files, its resumable state, or its rows in results.sqlite.
+PROGRESS = {
+    "data": lambda out, d: any(d.glob("*.jsonl")),
+    "base": lambda out, d: True,                     # the stage directory exists: it has begun
+    "sft": lambda out, d: (d / "work" / "state" / "state.json").exists(),
+    "reward-model": lambda out, d: (d / "work" / "state" / "state.json").exists(),
+    "cost-model": lambda out, d: (d / "work" / "state" / "state.json").exists(),
+    "generate-sft-tiny-harmful": lambda out, d: _stage_rows(out, d.name) > 0,
+    "score-sft-tiny-harmful": lambda out, d: _stage_rows(out, d.name) > 0,
+}
+
+
+def _reporting(out: Path) -> bool:
+    """summary.md, the report's first file, holds the evaluation, and the run is not complete yet."""
+    try:
+        return ("| sft | tiny-" in (out / "summary.md").read_text()
+                and json.loads((out / "manifest.json").read_text())["status"] != "complete")
+    except (OSError, ValueError):
+        return False
+
+
+def _kill_point(out: Path, killed: set[str]) -> str | None:
+    """The next place to kill the run: inside a stage that has made progress, right after a stage
+    records itself done (of the generate and score stages, those of tiny-harmful: the other suites'
+    are the same stages again), inside the judge (verdicts written, stage open) and inside the
+    report (summary.md written, manifest not complete); each once."""
+    for directory in sorted(out.glob("stages/*-*")):
+        name = directory.name.rsplit("-", 1)[0]
+        if name.endswith(("tiny-benign", "tiny-over-refusal")):
+            continue
+        if (directory / "DONE.json").exists():
+            point = f"after {name}"
+        elif name in PROGRESS and PROGRESS[name](out, directory):
+            point = f"inside {name}"
+        else:
+            continue
+        if point not in killed:
+            return point
+    if "inside judge" not in killed and _rows(out / "results.sqlite", "SELECT COUNT(*) FROM judge_judgments") > 0:
+        return "inside judge"
+    if "inside report" not in killed and _reporting(out):
+        return "inside report"
+    return None
+
+
+def _restart_command(out: Path, judge: dict) -> tuple[str, ...]:
+    """The command that picks the run up again: `train sft` until SFT is done, then `run`, then, once
+    the evaluation has begun, `score` (the same pipeline, from the request the run recorded), and
+    last `judge`; so each of them is killed inside a stage and then run again."""
+    done = {d.name.rsplit("-", 1)[0] for d in out.glob("stages/*/DONE.json") for d in [d.parent]}
+    if "sft" not in done:
+        return ("train", "sft", "--preset", "tiny", "--quiet", "--out", str(out))
+    if not any(out.glob("stages/generate-*")):
+        return (*RUN_SFT, "--out", str(out))
+    if json.loads((out / "manifest.json").read_text())["status"] != "complete":
+        return ("score", str(out), "--quiet")
+    return ("judge", str(out), "--no-progress", *(f"--set={k}={v}" for k, v in judge.items()))
 
 
 @pytest.mark.slow
-def test_sigkill_after_every_stage_then_rerun_gives_the_same_numbers(tiny_run, tmp_path):
-    """A run killed with SIGKILL as soon as each stage records itself done, restarted each time,
-    ends complete, verified, and with the summary of the uninterrupted run."""
+def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(tiny_run, tmp_path):
+    """A tiny run built by `train sft`, `run`, `score` and `judge` (tiny-oracle), each killed with
+    SIGKILL (its whole process group) inside a stage once the stage has made progress, and killed
+    again right after a stage records itself done, the command restarted each time: the run ends
+    complete, verified, with the summary of the uninterrupted run, and every sample judged once, as
+    the oracle judges it. Then its database is lost: `run` with that judge makes it all again."""
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "safebench.cli", *RUN_SFT, "--out", str(out)]
-    done: set[Path] = set()
-    kills = 0
+    judge = {"endpoint": "tiny-oracle", "protocols": "[harmful_verdict]", "repeats": 1,
+             "cache_path": str(tmp_path / "cache.sqlite")}
+    killed: dict[str, str] = {}                # kill point -> the command killed there
     while True:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while process.poll() is None and not set(out.glob("stages/*/DONE.json")) - done:
+        command = _restart_command(out, judge)
+        with open(tmp_path / "stderr.log", "w") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "safebench.cli", *command], cwd=ROOT,
+                                       stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        point = None
+        while process.poll() is None and point is None:
+            point = _kill_point(out, set(killed))
             time.sleep(0.02)
-        if process.poll() is not None:
-            break
-        process.kill()
+        if point is None:
+            assert process.returncode == 0, (command, (tmp_path / "stderr.log").read_text()[-2000:])
+            if command[0] == "judge":
+                break
+            continue
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        kills += 1
-        done = set(out.glob("stages/*/DONE.json"))
-        assert json.loads((out / "manifest.json").read_text())["status"] == "running"
-    assert process.returncode == 0 and kills >= 10          # data, base, sft, 2 score models, 3 x (generate, score)
+        killed[point] = command[0]
+    inside = {"data", "base", "sft", "reward-model", "cost-model", "generate-sft-tiny-harmful",
+              "score-sft-tiny-harmful", "judge", "report"}
+    assert {f"inside {name}" for name in inside} <= set(killed), killed
+    assert len([p for p in killed if p.startswith("after")]) == 8, killed    # judge too
+    assert {command for point, command in killed.items() if point.startswith("inside")} == \
+        {"train", "run", "score", "judge"}, killed
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
     assert run_cli("verify", str(out)).returncode == 0
+    assert not list(out.rglob(".*.tmp"))              # nothing a killed attempt was writing is left
+    verdicts = _rows(out / "results.sqlite", "SELECT COUNT(DISTINCT item_id) FROM judge_judgments")
+    agreeing = _rows(out / "results.sqlite",
+                     "SELECT COUNT(*) FROM judge_judgments j JOIN scores s USING (gen_key, prompt_id, sample_idx) "
+                     "WHERE j.status = 'scored' AND j.value = CASE WHEN s.oracle_cost > 0 THEN '\"harmful\"' "
+                     "ELSE '\"safe\"' END")
+    assert verdicts == agreeing == 1536
+
+    # The judge stage `safebench judge` recorded is reused by `safebench run` with the same judge only
+    # while its verdicts are there: with the database lost, the run makes everything again.
+    (out / "results.sqlite").write_bytes(b"")
+    again = run_cli(*RUN_SFT, "--out", str(out), "--set",
+                    "judge=" + json.dumps({**judge, "protocols": ["harmful_verdict"]}))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert any(line.startswith("[redo] judge") and "judge_judgments rows" in line for line in again.stderr.splitlines())
+    assert json.loads((out / "manifest.json").read_text())["judge"]["counts"]["scored"] == 1536
+    assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
+
+
+# The RL methods at their smallest: four iterations of 32 prompts for PPO-Lag and RePO, a tenth of
+# an epoch per SACPO step on short sequences, a resumable save after every iteration.
+RL_METHODS = ("ppo-lag", "repo", "p-sacpo")   # p-sacpo needs sacpo[beta_over_lambda=0.01], trained first
+RL_SMALL = tuple(f"--set=trainers.{m}.{field}" for m in ("ppo-lag", "repo") for field in (
+    "epochs=0.3", "prompt_batch_size=32", "train_batch_size=32", "max_new_tokens=16", "checkpoint_every=1")) + tuple(
+    f"--set=trainers.sacpo.{field}" for field in ("epochs=0.1", "max_prompt_length=16", "max_length=40")) + (
+    "--set=suites=[]",)
+# Evidence that an RL stage is part done, by stage directory name (NAME-KEY). P-SACPO, a merge of
+# SACPO's two step models, runs in a fraction of a second: there is no inside to kill it in.
+RL_PROGRESS = {
+    "ppo-lag": lambda d: (d / "work" / "ppo-state" / "iteration.json").exists(),
+    "repo": lambda d: (d / "work" / "ppo-state" / "iteration.json").exists(),
+    "sacpo-beta_over_lambda-0.01-": lambda d: (d / "work" / "steps" / "helpfulness" / "config.json").exists(),
+}
+
+
+def _trained(run_dir: Path) -> dict[str, tuple]:
+    """Each RL stage's checkpoint hashes and training curves, by stage directory."""
+    import sqlite3
+
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    try:
+        return {d.name: (json.loads((d / "DONE.json").read_text())["sha256"],
+                         db.execute("SELECT step, name, value FROM curves WHERE stage_key=? AND name NOT LIKE '%second%' "
+                                    "AND name NOT LIKE '%runtime%' ORDER BY step, name", (d.name.rsplit("-", 1)[1],)).fetchall())
+                for d in sorted(run_dir.glob("stages/*-*")) if d.name.rsplit("-", 1)[0] in (*RL_PROGRESS, "p-sacpo")}
+    finally:
+        db.close()
+
+
+@pytest.mark.slow
+def test_sigkill_inside_each_rl_method_then_rerun_gives_the_same_models(tiny_run, tmp_path):
+    """PPO-Lag, RePO, SACPO and P-SACPO trained on copies of the tiny run, once straight through and
+    once killed with SIGKILL inside PPO-Lag, RePO and SACPO (after a resumable save; SACPO between
+    its two steps), restarted each time: the same checkpoints, bit for bit, and the same curves."""
+    command = [sys.executable, "-m", "safebench.cli", "run", "--methods", ",".join(RL_METHODS), "--preset", "tiny",
+               "--quiet", *RL_SMALL, "--out"]
+    reference = _copy(tiny_run, tmp_path / "reference")
+    subprocess.run([*command, str(reference)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    out = _copy(tiny_run, tmp_path / "killed")
+    killed: set[str] = set()
+    while True:
+        process = subprocess.Popen([*command, str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        point = None
+        while process.poll() is None and point is None:
+            point = next((name for name, progress in RL_PROGRESS.items() if name not in killed
+                          for d in out.glob(f"stages/{name}-*")
+                          if len(d.name) == len(name) + 17 and not (d / "DONE.json").exists() and progress(d)), None)
+            time.sleep(0.02)
+        if point is None:
+            break
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        killed.add(point)
+    assert process.returncode == 0
+    assert killed == set(RL_PROGRESS)
+    trained = _trained(out)
+    assert len(trained) == 4 and trained == _trained(reference)
+    assert not list(out.rglob(".*.tmp"))
+    assert run_cli("verify", str(out)).returncode == 0
+
+
+@pytest.mark.slow
+def test_sigkill_inside_generate_then_rerun_gives_the_samples_of_the_run(tiny_run, tiny_checkpoints, tmp_path):
+    """`safebench generate` of the tiny SFT model on the first 32 prompts of tiny-harmful (two
+    batches), killed once the first batch is written and run again: the samples the run's own
+    generation stage wrote for those prompts."""
+    out = tmp_path / "generated"
+    command = [sys.executable, "-m", "safebench.cli", "generate", "--model", str(tiny_checkpoints["policy"]),
+               "--suite", "tiny-harmful", "--limit", "32", "--preset", "tiny", "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    while process.poll() is None and not _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples"):
+        time.sleep(0.02)
+    assert process.poll() is None, "generate ended before it was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples") == 64
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def samples(run_dir: Path) -> list[tuple]:
+        import sqlite3
+
+        db = sqlite3.connect(run_dir / "results.sqlite")
+        try:
+            return db.execute("SELECT prompt_id, sample_idx, response FROM samples WHERE suite='tiny-harmful' "
+                              "ORDER BY prompt_id, sample_idx").fetchall()
+        finally:
+            db.close()
+
+    generated = samples(out)
+    prompts = {prompt_id for prompt_id, _, _ in generated}
+    assert len(generated) == 128 and generated == [row for row in samples(tiny_run) if row[0] in prompts]
