@@ -17,8 +17,8 @@ Memory per device, in bytes per parameter P (N devices):
 Activations per token of a micro-batch: per layer, the inputs autograd keeps for a Llama layer
 (norms, q/k/v/o, the gated MLP: about 10 h + 4 I values) in the compute dtype; with gradient
 checkpointing (every DeepSpeed/FSDP launch, as Safe RLHF's scripts) each layer's input (h) plus one
-layer's full set; and the logits with the float32 log-softmax of the loss (V values, 2 + 4 + 4
-bytes). KV cache of generation: 2 x layers x kv_heads x head_dim x dtype bytes per token.
+layer's full set; and the logits with the loss's float32 copy, log-softmax and gradient (V values,
+2 + 4 + 4 + 4 bytes). KV cache of generation: 2 x layers x kv_heads x head_dim x dtype bytes per token.
 
 Time: training 6 FLOPs per parameter and token, a frozen forward pass 2 (Kaplan et al. 2020,
 "Scaling laws", §2.1), at `TRAIN_MFU` of the device's dense bf16 peak; generation is bound by
@@ -226,11 +226,19 @@ class Held:
     shape: Shape
     head: Literal["lm", "score"]
     trained: bool
-    trainable_share: float = 1.0   # score models may train their top layers only
+    train_layers: int | None = None   # score models may train their top layers only (None: all)
 
     @property
     def parameters(self) -> int:
         return self.shape.parameters(self.head)
+
+    @property
+    def trainable_share(self) -> float:
+        """Share of the parameters that train (score_model.freeze_below: the top layers, the final
+        norm and the head)."""
+        if self.train_layers is None:
+            return 1.0
+        return (self.train_layers * _layer_parameters(self.shape) + 2 * self.shape.hidden) / self.parameters
 
 
 @dataclass
@@ -244,17 +252,35 @@ class StagePlan:
     forward_tokens: int        # tokens through frozen models (forward only), whole stage
     generated_tokens: int = 0  # decode steps x sequences, whole stage
     generation_batch: int = 0  # sequences decoded together on one device
+    logit_positions: int = 0   # positions of a sequence whose logits a trained LM computes
     note: str = ""
     memory: dict[str, float] = field(default_factory=dict)  # bytes per device by component
     hours: float = 0.0         # device-hours, all devices together
 
     @property
     def total(self) -> float:
-        return sum(self.memory.values())
+        """Peak bytes per device: model states, and the largest of activations (training), the KV
+        cache (generation) and the scoring passes, which a PPO iteration holds one after the other."""
+        transient = ("activations", "kv cache", "scoring")
+        return sum(v for k, v in self.memory.items() if k not in transient) \
+            + max((self.memory.get(k, 0.0) for k in transient), default=0.0)
 
 
 def dtype_bytes(dtype: str) -> int:
     return 2 if dtype == "bfloat16" else 4
+
+
+def _layer_activations(shape: Shape, compute: int, checkpointing: bool, layers: int | None = None) -> float:
+    """Bytes autograd keeps per token: every trained layer's tensors, or with checkpointing each
+    layer's input plus one layer's tensors while it is recomputed."""
+    layers = shape.layers if layers is None else layers
+    layer = (10 * shape.hidden + 4 * shape.intermediate) * compute
+    return (layers * shape.hidden * compute + layer) if checkpointing else layers * layer
+
+
+def _logit_bytes(shape: Shape, compute: int) -> int:
+    """Per logit position: the logits, the loss's float32 copy and log-softmax, their gradient."""
+    return shape.vocab * (compute + 4 + 4 + 4)
 
 
 def stage_memory(stage: StagePlan, launch: Launch, dtype: str) -> dict[str, float]:
@@ -279,27 +305,29 @@ def stage_memory(stage: StagePlan, launch: Launch, dtype: str) -> dict[str, floa
             grads += trained * 4
             optimizer += trained * 8
     activations = 0.0
-    trained_models = [m for m in stage.models if m.trained]
-    if trained_models:
-        tokens = stage.micro_sequences * stage.sequence_tokens
-        widest = max(trained_models, key=lambda m: m.parameters)
-        for model in trained_models:
-            s = model.shape
-            layer = (10 * s.hidden + 4 * s.intermediate) * compute
-            # with checkpointing: each layer's input, and one layer's activations while it is recomputed
-            per_token = (s.layers * s.hidden * compute + layer) if launch.checkpointing else s.layers * layer
-            if model.head == "lm":
-                per_token += s.vocab * (compute + 4 + 4)
-            # the models of one stage train one after another: the widest one's activations count
-            if model is widest:
-                activations = tokens * per_token
-    kv = 0.0
+    micro_tokens = stage.micro_sequences * stage.sequence_tokens
+    for model in stage.models:
+        if not model.trained:
+            continue
+        # the PPO update sums the actor's and both critics' losses before one backward pass, so the
+        # activations of every trained model of a stage are held together
+        # frozen layers below the trained ones keep nothing for a backward pass
+        activations += micro_tokens * _layer_activations(model.shape, compute, launch.checkpointing,
+                                                         model.train_layers)
+        if model.head == "lm":
+            activations += stage.micro_sequences * stage.logit_positions * _logit_bytes(model.shape, compute)
+    kv = scoring = 0.0
     if stage.generation_batch:
         actor = next(m for m in stage.models if m.role == "actor")
         s = actor.shape
-        kv = 2 * s.layers * s.kv_heads * s.head_dim * compute * stage.generation_batch * stage.sequence_tokens
+        rollout_tokens = stage.generation_batch * stage.sequence_tokens
+        kv = 2 * s.layers * s.kv_heads * s.head_dim * compute * rollout_tokens
+        # the experience pass reads the whole rollout batch without gradients: one layer's working
+        # set at a time, and the actor's and the reference's logits of the response positions
+        scoring = rollout_tokens * (10 * s.hidden + 4 * s.intermediate) * compute \
+            + 2 * stage.generation_batch * stage.logit_positions * s.vocab * (compute + 4)
     return {"weights": weights, "gradients": grads, "fp32 master": master, "optimizer": optimizer,
-            "activations": activations, "kv cache": kv}
+            "activations": activations, "kv cache": kv, "scoring": scoring}
 
 
 def stage_hours(stage: StagePlan, launch: Launch, dtype: str) -> float:
@@ -368,14 +396,6 @@ def _layer_parameters(shape: Shape) -> int:
             + 3 * shape.hidden * shape.intermediate + 2 * shape.hidden)
 
 
-def _trainable_share(shape: Shape, train_layers: int | None) -> float:
-    """Share of a score model's parameters that train (score_model.freeze_below: the top layers,
-    the final norm and the head)."""
-    if train_layers is None:
-        return 1.0
-    return (train_layers * _layer_parameters(shape) + 2 * shape.hidden) / shape.parameters("score")
-
-
 def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
     policy = model_shape(config.policy.init, config.policy.revision, config.policy)
     scorer_shapes = {}
@@ -385,7 +405,7 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
         if trainer == "sft":
             tokens = round(sizes.sft * recipe.epochs) * recipe.max_length
             stages.append(StagePlan(name, trainer, [Held("policy", policy, "lm", True)], recipe.micro_batch_size,
-                                    recipe.max_length, tokens, 0))
+                                    recipe.max_length, tokens, 0, logit_positions=recipe.max_length))
         elif trainer == "score_model":
             if recipe.pretrained:
                 scorer_shapes[recipe.kind] = model_shape(recipe.pretrained, None)
@@ -394,7 +414,7 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
             scorer_shapes[recipe.kind] = policy
             tokens = round(sizes.preference * recipe.epochs) * 2 * recipe.max_length
             stages.append(StagePlan(name, trainer,
-                                    [Held(recipe.kind, policy, "score", True, _trainable_share(policy, recipe.train_layers))],
+                                    [Held(recipe.kind, policy, "score", True, recipe.train_layers)],
                                     2 * recipe.micro_batch_size, recipe.max_length, tokens, 0))
     for name, recipe in recipes.items():
         trainer = recipe.trainer
@@ -414,6 +434,7 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
                 name, trainer, models, recipe.micro_batch_size, sequence,
                 rollouts * sequence * recipe.update_iters, rollouts * sequence,
                 generated_tokens=rollouts * recipe.max_new_tokens, generation_batch=recipe.prompt_batch_size,
+                logit_positions=recipe.max_new_tokens + 1,  # the actor's logits: response positions only
                 note=f"{rollouts} rollouts; prompts <= {RL_PROMPT_TOKENS} tokens"
                      + ("; LoRA not modelled (full fine-tuning figures)" if recipe.lora_rank else "")))
         elif trainer == "sacpo":
@@ -422,7 +443,7 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
             tokens = round(sizes.preference * epochs) * 2 * recipe.max_length
             stages.append(StagePlan(name, trainer, [Held("policy", policy, "lm", True), Held("reference", policy, "lm", False)],
                                     2 * recipe.micro_batch_size, recipe.max_length, tokens, tokens,
-                                    note=f"{steps} DPO/KTO step(s)"))
+                                    logit_positions=recipe.max_length, note=f"{steps} DPO/KTO step(s)"))
         elif trainer == "p_sacpo":
             stages.append(StagePlan(name, trainer, [Held("sacpo", policy, "lm", False), Held("dpo-h", policy, "lm", False)],
                                     0, 0, 0, 0, note="a weight merge, no training"))
@@ -566,10 +587,11 @@ def render(plan: Plan) -> str:
              f"  policy: {_count(plan.policy.parameters('lm'))} parameters ({plan.policy.source})",
              f"  data: {plan.sizes.sft} SFT examples, {plan.sizes.preference} preference pairs, "
              f"{plan.sizes.prompts} RL prompts ({plan.sizes.source})", ""]
-    columns = ["weights", "gradients", "fp32 master", "optimizer", "activations", "kv cache"]
+    columns = ["weights", "gradients", "fp32 master", "optimizer", "activations", "kv cache", "scoring"]
     header = f"{'stage':26s} {'models (parameters)':44s} " + " ".join(f"{c:>11s}" for c in columns) \
         + f" {'total GiB':>9s} {'tokens':>8s} {'dev-hours':>9s}"
-    lines += ["Memory per device (GiB), tokens processed, device-hours:", header]
+    lines += ["Memory per device (GiB; the total counts the largest of activations, KV cache and scoring "
+              "passes, which come one after another), tokens processed, device-hours:", header]
     for stage in plan.stages:
         models = ", ".join(f"{m.role} {_count(m.parameters)}{'' if m.trained else ' (frozen)'}" for m in stage.models) \
             or stage.note
