@@ -87,8 +87,9 @@ def build_checkpoints(preset: str, config, folder: Path, miniature: bool = False
     return paths
 
 
-def measure(case: str, folder: Path) -> dict:
-    """One case in this process: peak bytes added by the stage, and the plan's figure."""
+def measure(case: str, folder: Path, gpu: bool = False) -> dict:
+    """One case in this process: peak bytes added by the stage, and the plan's figure. With `gpu`
+    (PPO cases: its trainer places the models on the accelerator) the peak is CUDA's allocator's."""
     import gc
     import random
 
@@ -139,7 +140,7 @@ def measure(case: str, folder: Path) -> dict:
 
         Accelerator(cpu=True)
     gc.collect()
-    baseline = _status("VmRSS")
+    baseline = torch.cuda.memory_allocated() if gpu else _status("VmRSS")
 
     def ids(length: int) -> list[int]:
         return [rng.randrange(4, vocab) for _ in range(length)]
@@ -167,8 +168,10 @@ def measure(case: str, folder: Path) -> dict:
     else:
         ppo.PPOTrainer.save_policy = lambda trainer, out_dir: None  # the peak of training, not of saving
         _reset_peak()  # PPO loads its six models inside train_ppo: they count, as in the plan
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
         ppo_lag.train(ctx, recipe.model_copy(update={"epochs": 1.0}))
-    measured = _status("VmHWM") - baseline
+    measured = (torch.cuda.max_memory_allocated() if gpu else _status("VmHWM")) - baseline
 
     plan.RL_PROMPT_TOKENS = prompt_tokens
     planned = plan.build_plan(config, recipes, plan.read_launch(None, "cpu"))
@@ -182,11 +185,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plan_memory.json")
+    parser.add_argument("--gpu", action="store_true",
+                        help="PPO cases on the GPU: peak of CUDA's allocator (benchmarks/gpu_check.sh)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args()
     if args.case:
         with tempfile.TemporaryDirectory() as tmp:
-            print(json.dumps(measure(args.case, Path(tmp))))
+            print(json.dumps(measure(args.case, Path(tmp), args.gpu)))
+        return
+    if args.gpu:
+        rows = []
+        for case in args.cases.split(","):
+            if CASES[case][2] != "ppo-lag":
+                raise SystemExit(f"--gpu: {case} trains on the CPU (only the PPO trainer places models on the GPU)")
+            result = subprocess.run([sys.executable, __file__, "--case", case, "--gpu"], capture_output=True,
+                                    text=True, cwd=ROOT)
+            if result.returncode != 0:
+                raise SystemExit(f"{case} failed:\n{result.stderr[-3000:]}")
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            rows.append({**row, "ratio": row["planned_bytes"] / row["measured_bytes"]})
+            print(f"{case:18s} planned {row['planned_bytes'] / 2**20:8.1f} MiB   measured (CUDA) "
+                  f"{row['measured_bytes'] / 2**20:8.1f} MiB   plan/measured {rows[-1]['ratio']:.2f}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": "cuda", "cases": rows}, indent=2) + "\n")
         return
     rows = []
     for case in args.cases.split(","):
