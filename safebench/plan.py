@@ -373,7 +373,8 @@ def data_sizes(config) -> DataSizes:
         return DataSizes(len(built["sft"]), len(built["preference"]), len(built["prompts"]),
                          "the tiny world at this seed")
     key = (data.hub_dataset, data.hub_revision) if data.source == "hub" else data.source
-    known = KNOWN_DATA.get(key)
+    known = _cached_rows(data.hub_dataset) if data.source == "hub" else None
+    known = known or KNOWN_DATA.get(key)
     if known is None:
         raise UsageError(f"data.source = {data.source!r}: the dry run does not know this data's size; "
                          "set data.max_records to plan with that many records")
@@ -382,6 +383,24 @@ def data_sizes(config) -> DataSizes:
         return DataSizes(min(known.sft, cap), min(known.preference, cap), min(known.prompts, cap),
                          f"{known.source}, capped by data.max_records = {cap}")
     return known
+
+
+def _cached_rows(dataset: str) -> DataSizes | None:
+    """The train split's row count of a hub dataset prepared in the local `datasets` cache (what an
+    offline run reads; the newest copy, as datasets picks it), else None."""
+    from datasets import config as datasets_config
+    from datasets.naming import camelcase_to_snakecase
+
+    root = Path(datasets_config.HF_DATASETS_CACHE)
+    namespace, _, name = dataset.rpartition("/")
+    snake = camelcase_to_snakecase(name)
+    infos = sorted(root.glob(f"{namespace}___{snake}/*/*/*/dataset_info.json"), key=lambda p: p.stat().st_mtime)
+    if not infos:
+        return None
+    rows = (json.loads(infos[-1].read_text()).get("splits") or {}).get("train", {}).get("num_examples")
+    if not rows:
+        return None
+    return DataSizes(rows, rows, rows, f"{dataset} train split in the local datasets cache ({infos[-1].parent})")
 
 
 # --- the stages of a run ------------------------------------------------------------------

@@ -37,11 +37,16 @@ def test_paper_preset_runs_offline_on_stand_ins(tmp_path):
     home = tmp_path / "hf"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_offline_hub.py"), str(home), "--rows", "16"],
                    check=True, capture_output=True, text=True, cwd=ROOT)
+    env = {"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    # the dry run reads the cached config and the prepared dataset's row count, not published figures
+    plan = run_cli("run", "--preset", "paper", "--methods", "sft", "--dry-run", check=True, env=env,
+                   unset=CACHE_VARIABLES).stdout
+    assert "HF cache: PKU-Alignment/alpaca-7b-reproduced@main" in plan and "16 preference pairs" in plan
     run = tmp_path / "run"
     args = ["run", "--preset", "paper", "--methods", "sft,ppo-lag,sacpo", "--out", str(run), "--quiet"]
     for override in OVERRIDES:
         args += ["--set", override]
-    run_cli(*args, check=True, env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"}, unset=CACHE_VARIABLES)
+    run_cli(*args, check=True, env=env, unset=CACHE_VARIABLES)
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "complete"
