@@ -86,6 +86,10 @@ def cmd_run(args) -> int:
                              "or use a preset with a judge block)")
         overrides += judge_overrides(args)
         config, recipes = config_module.resolve(args.preset, args.methods, overrides)
+    if args.dry_run or args.launch or args.device:
+        from safebench import plan
+
+        return plan.dry_run(args, config, recipes)
     choose_threads(config)
     out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
@@ -209,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train methods, generate on suites, score, report")
     add_run_options(run)
+    from safebench import plan
+
+    plan.add_options(run)  # --dry-run, --launch, --device
     run.set_defaults(handler=cmd_run)
 
     train = sub.add_parser("train", help="train one method (and its dependencies) without evaluating")
