@@ -34,7 +34,7 @@ def test_override_accepts_yaml_1_1_exponent_as_number():
     ("trainers.sft.lr=abc", "--set trainers.sft.lr: field 'trainers.sft.lr' = 'abc'"),
     ("trainers.sft.epochs=-1", "field 'trainers.sft.epochs' = -1: Input should be greater than 0"),
     ("trainers.sft.bogus=1", "unknown field 'trainers.sft.bogus'"),
-    ("generation.backend=xyz", "field 'generation.backend' = 'xyz': expected 'hf', 'vllm' or 'openai'"),
+    ("generation.backend=xyz", "field 'generation.backend' = 'xyz': unknown backend 'xyz'; available: hf, openai, vllm"),
     ("policy.template=weird", "expected 'plain' or 'chat'"),
     ("suites=[nosuch]", "unknown suite 'nosuch'; available: "),
     ("seed=notanint", "field 'seed' = 'notanint'"),
