@@ -149,7 +149,7 @@ class Plugins:
 
         if name in self.registered:
             return (getattr(self.registered[name], "__doc__", None) or "").strip().split("\n")[0]
-        path = Path(__file__).resolve().parent.joinpath(*self.package.split(".")[1:], f"{name}.py")
+        path = package_dir(self.package) / f"{name}.py"
         if not path.is_file():
             return ""
         return (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").split("\n")[0]
@@ -170,10 +170,14 @@ class Plugins:
         return getattr(module, self.attribute)
 
 
+def package_dir(package: str) -> Path:
+    """The folder of a package of safebench ("safebench.evals.backends")."""
+    return Path(__file__).resolve().parent.joinpath(*package.split(".")[1:])
+
+
 def package_modules(package: str, helpers: Iterable[str] = ()) -> list[str]:
-    """The modules of a package (found on disk, not imported), less its helper modules."""
+    """The modules of a package of safebench (found on disk, not imported), less its helper modules."""
     import pkgutil
 
-    folder = Path(__file__).resolve().parent.joinpath(*package.split(".")[1:])
-    return [m.name for m in pkgutil.iter_modules([str(folder)])
+    return [m.name for m in pkgutil.iter_modules([str(package_dir(package))])
             if not m.ispkg and not m.name.startswith("_") and m.name not in set(helpers)]

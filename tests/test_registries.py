@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from pydantic import ValidationError
 
 from safebench import cli, config as config_module
 from safebench.errors import UsageError
@@ -49,7 +50,7 @@ class EchoBackend:
 
 
 def test_a_new_backend_is_registered_by_name(monkeypatch, capsys):
-    with pytest.raises(ValueError, match="unknown backend 'echo'; available: hf, openai, vllm"):
+    with pytest.raises(ValidationError, match="unknown backend 'echo'; available: hf, openai, vllm"):
         GenerationConfig(backend="echo")
     monkeypatch.setitem(BACKENDS.registered, "echo", EchoBackend)
     config = GenerationConfig(backend="echo")

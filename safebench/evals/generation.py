@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from safebench.errors import EndpointFailed
 from safebench.hashing import stable_hash
@@ -53,8 +54,9 @@ class GenerationConfig(BaseModel):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, name: str) -> str:
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend '{name}'; available: {', '.join(BACKENDS)}")
+        if name not in BACKENDS:  # a custom error: its message is shown as it is, without "Value error, "
+            raise PydanticCustomError("unknown_backend", "unknown backend '{name}'; available: {names}",
+                                      {"name": name, "names": ", ".join(BACKENDS)})
         return name
 
     def settings_hash(self) -> str:
