@@ -61,13 +61,13 @@ class Device:
     source: str
 
 
-# Vendor datasheets. The CPU row is this machine's memory (filled in at run time) and a rough
-# peak: 2 cores x 2.5 GHz x 32 fp32 FLOPs per cycle (AVX-512 FMA); its hours are indicative only.
+# Vendor datasheets. The CPU row: this machine's memory (filled in at run time) and the bf16 matmul
+# rate benchmarks/rl_step.py measured on it (README, "Performance"); its hours are indicative only.
 DEVICES = {
     "a100-80gb": Device("a100-80gb", 80, 312, 2.039, "NVIDIA A100 datasheet (SXM4 80GB)"),
     "h100-80gb": Device("h100-80gb", 80, 989, 3.35, "NVIDIA H100 datasheet (SXM5)"),
     "h200": Device("h200", 141, 989, 4.8, "NVIDIA H200 datasheet (SXM)"),
-    "cpu": Device("cpu", 0, 0.16, 0.02, "this machine's RAM; 2 cores x 2.5 GHz x 32 FLOPs/cycle"),
+    "cpu": Device("cpu", 0, 0.164, 0.02, "this machine's RAM; bf16 matmul rate of benchmarks/rl_step.py; 20 GB/s assumed"),
 }
 
 
