@@ -18,7 +18,7 @@ def test_llama_7b_parameters_match_the_published_count():
 
 def _one_model_stage(launch: plan.Launch) -> plan.StagePlan:
     shape = plan.KNOWN_SHAPES["PKU-Alignment/alpaca-7b-reproduced"]
-    stage = plan.StagePlan("sft", "sft", [plan.Held("policy", shape, "lm", True)], 1, 8, 0, 0)
+    stage = plan.StagePlan("sft", [plan.Held("policy", shape, "lm", True)], 1, 8, 0, 0)
     stage.memory = plan.stage_memory(stage, launch, "bfloat16")
     return stage
 
