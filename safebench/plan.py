@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -61,13 +62,13 @@ class Device:
     source: str
 
 
-# Vendor datasheets. The CPU row is this machine's memory (filled in at run time) and a rough
-# peak: 2 cores x 2.5 GHz x 32 fp32 FLOPs per cycle (AVX-512 FMA); its hours are indicative only.
+# Vendor datasheets. The CPU row: this machine's memory (filled in at run time) and the bf16 matmul
+# rate benchmarks/rl_step.py measured on it (README, "Performance"); its hours are indicative only.
 DEVICES = {
     "a100-80gb": Device("a100-80gb", 80, 312, 2.039, "NVIDIA A100 datasheet (SXM4 80GB)"),
     "h100-80gb": Device("h100-80gb", 80, 989, 3.35, "NVIDIA H100 datasheet (SXM5)"),
     "h200": Device("h200", 141, 989, 4.8, "NVIDIA H200 datasheet (SXM)"),
-    "cpu": Device("cpu", 0, 0.16, 0.02, "this machine's RAM; 2 cores x 2.5 GHz x 32 FLOPs/cycle"),
+    "cpu": Device("cpu", 0, 0.164, 0.02, "this machine's RAM; bf16 matmul rate of benchmarks/rl_step.py; 20 GB/s assumed"),
 }
 
 
@@ -244,7 +245,6 @@ class Held:
 @dataclass
 class StagePlan:
     name: str
-    trainer: str
     models: list[Held]
     micro_sequences: int       # sequences in one forward/backward pass on one device
     sequence_tokens: int
@@ -423,16 +423,16 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
         trainer = recipe.trainer
         if trainer == "sft":
             tokens = round(sizes.sft * recipe.epochs) * recipe.max_length
-            stages.append(StagePlan(name, trainer, [Held("policy", policy, "lm", True)], recipe.micro_batch_size,
+            stages.append(StagePlan(name, [Held("policy", policy, "lm", True)], recipe.micro_batch_size,
                                     recipe.max_length, tokens, 0, logit_positions=recipe.max_length))
         elif trainer == "score_model":
             if recipe.pretrained:
                 scorer_shapes[recipe.kind] = model_shape(recipe.pretrained, None)
-                stages.append(StagePlan(name, trainer, [], 0, 0, 0, 0, note=f"published: {recipe.pretrained}"))
+                stages.append(StagePlan(name, [], 0, 0, 0, 0, note=f"published: {recipe.pretrained}"))
                 continue
             scorer_shapes[recipe.kind] = policy
             tokens = round(sizes.preference * recipe.epochs) * 2 * recipe.max_length
-            stages.append(StagePlan(name, trainer,
+            stages.append(StagePlan(name,
                                     [Held(recipe.kind, policy, "score", True, recipe.train_layers)],
                                     2 * recipe.micro_batch_size, recipe.max_length, tokens, 0))
     for name, recipe in recipes.items():
@@ -450,7 +450,7 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
             rollouts = _rollouts(recipe, prompts)
             sequence = RL_PROMPT_TOKENS + recipe.max_new_tokens
             stages.append(StagePlan(
-                name, trainer, models, recipe.micro_batch_size, sequence,
+                name, models, recipe.micro_batch_size, sequence,
                 rollouts * sequence * recipe.update_iters, rollouts * sequence,
                 generated_tokens=rollouts * recipe.max_new_tokens, generation_batch=recipe.prompt_batch_size,
                 logit_positions=recipe.max_new_tokens + 1,  # the actor's logits: response positions only
@@ -460,11 +460,11 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
             steps = 1 if recipe.only else 2
             epochs = recipe.epochs + (0 if recipe.only else (recipe.second_epochs or recipe.epochs))
             tokens = round(sizes.preference * epochs) * 2 * recipe.max_length
-            stages.append(StagePlan(name, trainer, [Held("policy", policy, "lm", True), Held("reference", policy, "lm", False)],
+            stages.append(StagePlan(name, [Held("policy", policy, "lm", True), Held("reference", policy, "lm", False)],
                                     2 * recipe.micro_batch_size, recipe.max_length, tokens, tokens,
                                     logit_positions=recipe.max_length, note=f"{steps} DPO/KTO step(s)"))
         elif trainer == "p_sacpo":
-            stages.append(StagePlan(name, trainer, [Held("sacpo", policy, "lm", False), Held("dpo-h", policy, "lm", False)],
+            stages.append(StagePlan(name, [Held("sacpo", policy, "lm", False), Held("dpo-h", policy, "lm", False)],
                                     0, 0, 0, 0, note="a weight merge, no training"))
     return stages
 
@@ -563,17 +563,6 @@ class Plan:
     def device_hours(self) -> float:
         return sum(s.hours for s in self.stages) + self.evaluation.generation_hours
 
-    def record(self) -> dict:
-        """The plan as JSON-ready data (benchmarks/plan_memory.py compares it with measurements)."""
-        return {"preset": self.preset, "device": self.launch.device.name, "processes": self.launch.processes,
-                "sharding": self.launch.sharding, "offload": self.launch.offload, "dtype": self.dtype,
-                "stages": {s.name: {"parameters": {m.role: m.parameters for m in s.models},
-                                    "memory_bytes": s.memory, "total_bytes": s.total,
-                                    "train_tokens": s.train_tokens, "device_hours": s.hours} for s in self.stages},
-                "evaluation": {"samples": self.evaluation.samples, "judge_calls": self.evaluation.judge_calls,
-                               "judge_dollars": self.evaluation.judge_dollars},
-                "device_hours": self.device_hours}
-
 
 def build_plan(config, recipes: dict, launch: Launch) -> Plan:
     sizes = data_sizes(config)
@@ -614,12 +603,12 @@ def render(plan: Plan) -> str:
     for stage in plan.stages:
         models = ", ".join(f"{m.role} {_count(m.parameters)}{'' if m.trained else ' (frozen)'}" for m in stage.models) \
             or stage.note
-        lines.append(f"{stage.name:26s} {models[:44]:44s} "
+        wrapped = textwrap.wrap(models, 44) or [""]
+        lines.append(f"{stage.name:26s} {wrapped[0]:44s} "
                      + " ".join(f"{_gib(stage.memory[c]):>11s}" for c in columns)
                      + f" {_gib(stage.total):>9s} {_count(stage.train_tokens + stage.generated_tokens):>8s}"
                        f" {stage.hours:9.2f}")
-        if len(models) > 44:
-            lines.append(f"{'':26s} {models[44:]}")
+        lines += [f"{'':26s} {more}" for more in wrapped[1:]]
         if stage.note and stage.models:
             lines.append(f"{'':26s} ({stage.note})")
     evaluation = plan.evaluation

@@ -18,7 +18,7 @@ def test_llama_7b_parameters_match_the_published_count():
 
 def _one_model_stage(launch: plan.Launch) -> plan.StagePlan:
     shape = plan.KNOWN_SHAPES["PKU-Alignment/alpaca-7b-reproduced"]
-    stage = plan.StagePlan("sft", "sft", [plan.Held("policy", shape, "lm", True)], 1, 8, 0, 0)
+    stage = plan.StagePlan("sft", [plan.Held("policy", shape, "lm", True)], 1, 8, 0, 0)
     stage.memory = plan.stage_memory(stage, launch, "bfloat16")
     return stage
 
@@ -61,3 +61,13 @@ def test_a_plan_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys):
 def test_launch_options_without_dry_run_are_refused(capsys):
     assert main(["run", "--preset", "tiny", "--device", "h200"]) == 2
     assert "--dry-run" in capsys.readouterr().err
+
+
+def test_the_paper_launch_file_is_an_accelerate_config_and_the_plan_reads_it():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = plan.launch_path("paper")
+    config = load_config_from_file(str(path))   # accelerate refuses unknown or malformed fields
+    launch = plan.read_launch(path, None)
+    assert (launch.processes, launch.sharding, launch.offload) == (config.num_processes, "zero3", False)
+    assert config.mixed_precision == "bf16" and launch.checkpointing
