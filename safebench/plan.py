@@ -515,10 +515,10 @@ class Evaluation:
 
 def plan_evaluation(config, launch: Launch, policy: Shape) -> Evaluation:
     generation = config.generation
-    k, new_tokens = generation["k"], generation["max_new_tokens"]
+    k, new_tokens = generation.k, generation.max_new_tokens
     methods = len(config.methods)
     samples, unknown, calls, tokens_in = 0, [], 0, 0
-    judge = config.judge if config.judge and config.judge.get("enabled", True) else None
+    judge = config.judge_settings()
     for name in config.suites:
         n = suite_size(name, config)
         if n is None:
@@ -527,25 +527,25 @@ def plan_evaluation(config, launch: Launch, policy: Shape) -> Evaluation:
         samples += n * k * methods
         if judge is None:
             continue
-        for protocol in judge["protocols"]:
+        for protocol in judge.protocols:
             if protocol == "pairwise":
-                per = n * k * (methods - ("sft" in config.methods)) * len(judge["pairwise_criteria"]) * 2
+                per = n * k * (methods - ("sft" in config.methods)) * len(judge.pairwise_criteria) * 2
                 responses = 2
             else:
                 per, responses = n * k * methods, 1
-            calls += per * judge["repeats"]
-            tokens_in += per * judge["repeats"] * (JUDGE_INSTRUCTION_TOKENS + JUDGE_PROMPT_TOKENS
+            calls += per * judge.repeats
+            tokens_in += per * judge.repeats * (JUDGE_INSTRUCTION_TOKENS + JUDGE_PROMPT_TOKENS
                                                    + responses * new_tokens)
     dollars = None
     if judge is not None:
-        price = (judge.get("prices") or {}).get(judge["model"])
+        price = judge.prices.get(judge.model)
         if price is not None:
-            dollars = (tokens_in * price["input"] + calls * judge["max_tokens"] * price["output"]) / 1e6
-    batch = max(1, generation.get("batch_size") or 1)
-    step = policy.parameters("lm") * dtype_bytes(generation.get("dtype") or config.policy.dtype) \
+            dollars = (tokens_in * price.input + calls * judge.max_tokens * price.output) / 1e6
+    batch = generation.batch_size
+    step = policy.parameters("lm") * dtype_bytes(generation.dtype) \
         / (launch.device.bandwidth_tbs * 1e12)
     hours = samples * new_tokens / batch * step / 3600
-    return Evaluation(samples, unknown, hours, calls, dollars, judge["model"] if judge else None)
+    return Evaluation(samples, unknown, hours, calls, dollars, judge.model if judge else None)
 
 
 # --- the dry run ---------------------------------------------------------------------------

@@ -227,11 +227,11 @@ def refusal_labels_path() -> Path:
 
 def read_refusal_labels(wheel: Path) -> list[dict]:
     """pyrit's human refusal labels: {objective, response, refusal} per labelled text response."""
-    from safebench import data
+    from safebench.world import smol
 
     return [{"objective": row["objective"], "response": row["assistant_response"],
              "refusal": str(row["human_score"]).strip() == "1"}
-            for row in data._pyrit_csv_rows(wheel, data.PYRIT_REFUSAL_DIR)]
+            for row in smol.pyrit_csv_rows(wheel, smol.PYRIT_REFUSAL_DIR)]
 
 
 def refusal_labels() -> list[dict]:

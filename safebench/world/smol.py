@@ -150,7 +150,7 @@ def build(config: DataConfig, seed: int, split: Splitter) -> SmolData:
     return SmolData(sft, records, prompts, heldout, near_suites)
 
 
-def _pyrit_csv_rows(wheel: Path, folder: str) -> list[dict]:
+def pyrit_csv_rows(wheel: Path, folder: str) -> list[dict]:
     """The rows of every CSV file in one folder of the wheel ('#' lines are comments)."""
     import csv
     import io
@@ -169,7 +169,7 @@ def _pyrit_csv_rows(wheel: Path, folder: str) -> list[dict]:
 def _pyrit_non_refusals(wheel: Path) -> list[dict]:
     """(objective, response) rows that people labelled as not refusing (human_score 0)."""
     return [{"prompt": row["objective"], "response": row["assistant_response"]}
-            for row in _pyrit_csv_rows(wheel, PYRIT_REFUSAL_DIR) if str(row.get("human_score")).strip() == "0"]
+            for row in pyrit_csv_rows(wheel, PYRIT_REFUSAL_DIR) if str(row.get("human_score")).strip() == "0"]
 
 
 def _normalised(text: str) -> str:
@@ -186,7 +186,7 @@ def pyrit_red_team_objectives(wheel: Path) -> set[str]:
     import yaml
 
     objectives = {_normalised(row["objective"]) for folder in (PYRIT_HARM_DIR, PYRIT_OBJECTIVE_DIR)
-                  for row in _pyrit_csv_rows(wheel, folder)}
+                  for row in pyrit_csv_rows(wheel, folder)}
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
             if name.startswith(PYRIT_SEED_DIR) and name.endswith(".prompt"):
@@ -207,7 +207,7 @@ def pyrit_generic_refusals(wheel: Path) -> list[str]:
     """Responses people labelled a refusal for at least two different objectives: refusals that
     name nothing of the request, so they fit any prompt."""
     objectives: dict[str, set[str]] = {}
-    for row in _pyrit_csv_rows(wheel, PYRIT_REFUSAL_DIR):
+    for row in pyrit_csv_rows(wheel, PYRIT_REFUSAL_DIR):
         if str(row.get("human_score")).strip() == "1":
             objectives.setdefault(row["assistant_response"].strip(), set()).add(row["objective"])
     return sorted(text for text, seen in objectives.items() if len(seen) >= 2)

@@ -309,8 +309,8 @@ def test_run_config_and_the_sacpo_table_name_the_oracle_judge():
     from safebench.reports.reproduce import load_reference
 
     config, _ = config_module.resolve("tiny", ["sft"], ["judge={endpoint: tiny-oracle, protocols: [pairwise]}"])
-    assert config.judge["endpoint"] == "tiny-oracle" and config.judge["model"] == "tiny-oracle-judge"
-    assert config.judge["base_url"] is None  # the stage starts its own server; no URL is configured
+    assert config.judge.endpoint == "tiny-oracle" and config.judge.model == "tiny-oracle-judge"
+    assert config.judge.base_url is None  # the stage starts its own server; no URL is configured
     table = load_reference("sacpo-table3")
     judge = parse_judge_config(table["run"]["judge"]["tiny"])
     assert judge.endpoint == "tiny-oracle" and judge.protocols == ["pairwise"]
