@@ -559,9 +559,7 @@ def expand_stages(specs: dict[str, tuple[str, dict]], stage_needs: dict[str, lis
         data = {**config.trainers[base], **fields, "needs": stage_needs[name]}
         recipe_class = registry.trainer_module(data["trainer"]).Recipe if data.get("trainer") else None
         if name != base:
-            for path, source in list(provenance.items()):
-                if path[:2] == ("trainers", base):
-                    provenance[("trainers", name) + path[2:]] = source
+            _copy_provenance(provenance, base, name)
             for key in fields:
                 where = methods_source if name in config.methods else \
                     f"{source_of(('trainers', dependents.get(name, base), 'needs'), provenance)}"
@@ -570,34 +568,49 @@ def expand_stages(specs: dict[str, tuple[str, dict]], stage_needs: dict[str, lis
                  if isinstance(v, list) and recipe_class is not None and not _is_list_field(recipe_class, k)}
         if not swept:
             config.trainers[name] = data
-            if name not in new_stages:
-                new_stages.append(name)
-            continue
-        where = source_of(("trainers", base, next(iter(swept))), provenance)
-        if name in ("sft", *SCORE_MODEL_STAGES):
-            raise UsageError(f"{where}: cannot sweep '{name}' ({', '.join(swept)}): every method starts from it")
-        if name in dependents:
-            field, values = next(iter(swept.items()))
-            example = variant_name(base, {**fields, field: values[0]}, recipe_class)
-            raise UsageError(
-                f"{where}: cannot sweep '{name}' ({', '.join(swept)}): method '{dependents[name]}' needs '{name}', "
-                f"which would be ambiguous; name one variant in its needs, e.g. "
-                f"--set 'trainers.{dependents[name]}.needs=[\"{example}\"]'")
-        variants = []
-        for values in itertools.product(*swept.values()):
-            chosen = {**fields, **dict(zip(swept, values))}
-            variant = variant_name(base, chosen, recipe_class)
-            config.trainers[variant] = {**data, **chosen}
-            for path, source in list(provenance.items()):
-                if path[:2] == ("trainers", name):
-                    provenance[("trainers", variant) + path[2:]] = source
-            variants.append(variant)
-            if variant not in new_stages:
-                new_stages.append(variant)
-        if name in new_methods:
-            position = new_methods.index(name)
-            new_methods[position:position + 1] = [v for v in variants if v not in new_methods]
+            variants = [name]
+        else:
+            _check_sweepable(name, base, fields, swept, dependents, recipe_class, provenance)
+            variants = _sweep(name, base, fields, swept, data, recipe_class, config, provenance)
+            if name in new_methods:
+                position = new_methods.index(name)
+                new_methods[position:position + 1] = [v for v in variants if v not in new_methods]
+        new_stages += [v for v in variants if v not in new_stages]
     return new_stages, new_methods
+
+
+def _copy_provenance(provenance: Provenance, source: str, target: str) -> None:
+    """Stage `target`'s recipe fields come from where stage `source`'s came from."""
+    for path, where in list(provenance.items()):
+        if path[:2] == ("trainers", source):
+            provenance[("trainers", target) + path[2:]] = where
+
+
+def _check_sweepable(name: str, base: str, fields: dict, swept: dict, dependents: dict[str, str], recipe_class,
+                     provenance: Provenance) -> None:
+    where = source_of(("trainers", base, next(iter(swept))), provenance)
+    if name in ("sft", *SCORE_MODEL_STAGES):
+        raise UsageError(f"{where}: cannot sweep '{name}' ({', '.join(swept)}): every method starts from it")
+    if name in dependents:
+        field, values = next(iter(swept.items()))
+        example = variant_name(base, {**fields, field: values[0]}, recipe_class)
+        raise UsageError(
+            f"{where}: cannot sweep '{name}' ({', '.join(swept)}): method '{dependents[name]}' needs '{name}', "
+            f"which would be ambiguous; name one variant in its needs, e.g. "
+            f"--set 'trainers.{dependents[name]}.needs=[\"{example}\"]'")
+
+
+def _sweep(name: str, base: str, fields: dict, swept: dict, data: dict, recipe_class, config: RunConfig,
+           provenance: Provenance) -> list[str]:
+    """One variant of stage `name` per combination of the swept values; their names, in order."""
+    variants = []
+    for values in itertools.product(*swept.values()):
+        chosen = {**fields, **dict(zip(swept, values))}
+        variant = variant_name(base, chosen, recipe_class)
+        config.trainers[variant] = {**data, **chosen}
+        _copy_provenance(provenance, name, variant)
+        variants.append(variant)
+    return variants
 
 
 def validate_recipe(name: str, data: dict, provenance: Provenance):

@@ -114,9 +114,9 @@ def load_manifest(run_dir: Path) -> Manifest:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: not a safebench manifest (not JSON text: {exc}); the run directory is "
                          "damaged, rerun `safebench run` into a fresh --out") from None
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
-        raise UsageError(f"{path}: not a safebench manifest (no 'config' mapping); rerun `safebench run` into "
-                         "a fresh --out")
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not a safebench manifest (expected a JSON object, got {type(data).__name__}); "
+                         "rerun `safebench run` into a fresh --out")
     return parse_manifest(data, path)
 
 
@@ -126,5 +126,9 @@ def parse_manifest(data: dict, path: Path | str) -> Manifest:
     except ValidationError as exc:
         err = exc.errors()[0]
         dotted = ".".join(str(p) for p in err["loc"])
-        raise UsageError(f"{path}: field '{dotted}' = {err.get('input')!r}: {err['msg']}; rerun `safebench run` "
-                         "into a fresh --out") from None
+        if err["type"] == "missing":
+            problem = f"field '{dotted}' is missing"
+        else:
+            expected = err["msg"].removeprefix("Input should be ")
+            problem = f"field '{dotted}' = {err.get('input')!r}, expected {expected}"
+        raise UsageError(f"{path}: {problem}; rerun `safebench run` into a fresh --out") from None

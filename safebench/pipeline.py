@@ -311,8 +311,6 @@ class Pipeline:
         scores, the others use its rows (their stages would write none)."""
         from safebench.evals.scoring import Scorer
 
-        generation = self.config.generation
-        template = generation.template or self.config.policy.template
         scorers: dict[str, Scorer] = {}
 
         def scorer(role: str) -> Scorer:
@@ -326,27 +324,35 @@ class Pipeline:
             suite_name = suite.name  # a suite file's short name, not its path
             items = suites_module.suite_items(suite, self.data_dir)
             for method in self.config.methods:
-                gen_material = generation_material(method_keys[method], items, generation, template)
-                gen_key = generation_key(method_keys[method], items, generation, template)
-                materials = score_material(gen_key, scorer_keys["reward-model"], scorer_keys["cost-model"])
-                score_key = stage_key("score", materials)
-                if gen_key in evaluated_by:
-                    self.log(f"[same] {method} on {suite_name}: the samples and scores of {evaluated_by[gen_key]}")
-                else:
-                    evaluated_by[gen_key] = method
-                    self.runner.run(Stage(
-                        f"generate:{method}:{suite_name}", gen_material, rows=("samples", "gen_key", gen_key),
-                        build=lambda _directory: {"rows_written": run_generation(
-                            self.store, gen_key, method, suite_name, items, str(method_dirs[method]), generation,
-                            template, progress=not self.quiet)}))
-                    self.runner.run(Stage(
-                        f"score:{method}:{suite_name}", materials, rows=("scores", "score_key", score_key),
-                        build=lambda _directory: self.score_samples(
-                            scorer, self.oracle(), gen_key, score_key)))
-                self.manifest.evaluations.append(Evaluation(
-                    method=method, suite=suite_name, kind=suite.kind, gen_key=gen_key, score_key=score_key,
-                    gen_config_hash=generation.settings_hash()))
+                evaluation = self.evaluate_method(method, suite_name, suite.kind, items, method_keys[method],
+                                                  method_dirs[method], scorer_keys, scorer, evaluated_by)
+                self.manifest.evaluations.append(evaluation)
                 self.write_manifest()
+
+    def evaluate_method(self, method: str, suite: str, kind: str, items: list[dict], model_key: str, model_dir: Path,
+                        scorer_keys: dict[str, str], scorer, evaluated_by: dict[str, str]) -> Evaluation:
+        """The generate and score stages of one method on one suite, unless another method with the
+        same model made those samples already."""
+        generation = self.config.generation
+        template = generation.template or self.config.policy.template
+        gen_key = generation_key(model_key, items, generation, template)
+        materials = score_material(gen_key, scorer_keys["reward-model"], scorer_keys["cost-model"])
+        score_key = stage_key("score", materials)
+        if gen_key in evaluated_by:
+            self.log(f"[same] {method} on {suite}: the samples and scores of {evaluated_by[gen_key]}")
+        else:
+            evaluated_by[gen_key] = method
+            self.runner.run(Stage(
+                f"generate:{method}:{suite}", generation_material(model_key, items, generation, template),
+                rows=("samples", "gen_key", gen_key),
+                build=lambda _directory: {"rows_written": run_generation(
+                    self.store, gen_key, method, suite, items, str(model_dir), generation, template,
+                    progress=not self.quiet)}))
+            self.runner.run(Stage(
+                f"score:{method}:{suite}", materials, rows=("scores", "score_key", score_key),
+                build=lambda _directory: self.score_samples(scorer, self.oracle(), gen_key, score_key)))
+        return Evaluation(method=method, suite=suite, kind=kind, gen_key=gen_key, score_key=score_key,
+                          gen_config_hash=generation.settings_hash())
 
     def score_samples(self, scorer, oracle, gen_key: str, score_key: str) -> dict:
         samples = self.store.samples(gen_key)

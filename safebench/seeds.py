@@ -81,11 +81,6 @@ def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seed
     return runs
 
 
-def seed_of(manifest: dict) -> int:
-    """The training seed a run's manifest records."""
-    return int((manifest.get("seeds") or {}).get("run", (manifest.get("config") or {}).get("seed", 0)))
-
-
 def results(out: Path):
     """RunStore.results() of every seed of the set at `out`, with a `seed` column."""
     import pandas as pd

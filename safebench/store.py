@@ -1,7 +1,7 @@
 """The run directory: manifest, SQLite results database, stage records, atomic writes.
 
 Layout:
-    RUN/manifest.json        resolved config, hashes, versions, git state, seeds, asset hashes
+    RUN/manifest.json        the run record (safebench/manifest.py)
     RUN/results.sqlite       samples, scores, curves, stage records (WAL, written as produced)
     RUN/stages/NAME-KEY/     one directory per stage; DONE.json is written last
 """
@@ -15,7 +15,7 @@ import sqlite3
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stages (
@@ -241,25 +241,15 @@ class RunStore:
     def manifest_path(self) -> Path:
         return self.run_dir / "manifest.json"
 
-    def manifest(self) -> dict:
-        if not self.manifest_path.exists():
-            from safebench.errors import UsageError
+    def manifest(self):
+        """The run's manifest (safebench/manifest.py)."""
+        from safebench.manifest import load_manifest
 
-            raise UsageError(f"{self.run_dir}: not a safebench run directory (no manifest.json)")
-        return json.loads(self.manifest_path.read_text())
+        return load_manifest(self.run_dir)
 
     def stage_record(self, name: str, key: str) -> dict:
         """How the manifest names a stage: its key and its directory relative to the run."""
         return {"key": key, "dir": str(self.stage_dir(name, key).relative_to(self.run_dir))}
-
-    def update_manifest(self, change: Callable[[dict], None]) -> dict:
-        """Read the manifest, let `change` edit it in place, write it back atomically; for
-        commands that amend a finished run (e.g. `safebench judge`), not for the pipeline,
-        which holds the whole manifest itself."""
-        manifest = self.manifest()
-        change(manifest)
-        atomic_write_json(self.manifest_path, manifest)
-        return manifest
 
     def results(self):
         """Scored samples of the evaluations this run's manifest names, as a DataFrame.
@@ -269,18 +259,17 @@ class RunStore:
         """
         import pandas as pd
 
-        evaluations = self.manifest().get("evaluations", [])
         frames = []
-        for ev in evaluations:
+        for ev in self.manifest().evaluations:
             frame = pd.read_sql_query(
                 "SELECT s.method, s.suite, s.kind, s.category, s.prompt_id, s.sample_idx, "
                 "s.prompt, s.response, c.reward, c.cost, c.oracle_reward, c.oracle_cost "
                 "FROM samples s JOIN scores c ON c.gen_key = s.gen_key AND c.prompt_id = s.prompt_id "
                 "AND c.sample_idx = s.sample_idx WHERE s.gen_key = ? AND c.score_key = ?",
                 self.db,
-                params=(ev["gen_key"], ev["score_key"]),
+                params=(ev.gen_key, ev.score_key),
             )
-            frame["method"] = ev["method"]
+            frame["method"] = ev.method
             frames.append(frame)
         columns = ["method", "suite", "kind", "category", "prompt_id", "sample_idx", "prompt",
                    "response", "reward", "cost", "oracle_reward", "oracle_cost"]
@@ -295,8 +284,8 @@ class RunStore:
 
         columns = ["method", "step", "name", "value"]
         frames = [pd.read_sql_query("SELECT step, name, value FROM curves WHERE stage_key = ?", self.db,
-                                    params=(entry["key"],)).assign(method=method)
-                  for method, entry in self.manifest().get("methods", {}).items()]
+                                    params=(entry.key,)).assign(method=method)
+                  for method, entry in self.manifest().methods.items()]
         frames = [f for f in frames if len(f)]
         if not frames:
             return pd.DataFrame(columns=columns)

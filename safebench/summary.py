@@ -108,7 +108,7 @@ def write_summary(store: RunStore, *, n_boot: int = metrics.DEFAULT_N_BOOT,
                   seed: int = metrics.DEFAULT_SEED) -> str:
     table = summary_table(store.results(), n_boot=n_boot, seed=seed)
     text = "# safebench summary\n\n" + EXPLANATION.format(n_boot=n_boot, seed=seed) + "\n\n" + to_markdown(table)
-    notes = shared_checkpoint_notes(store.manifest())
+    notes = shared_checkpoint_notes(store.manifest().dump())
     if notes:
         text += "\n" + "".join(f"- {note}\n" for note in notes)
     atomic_write_text(store.run_dir / "summary.md", text)

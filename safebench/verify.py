@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from safebench.errors import CheckFailed, UsageError
+from safebench.errors import CheckFailed
 from safebench.hashing import sha256_file
+from safebench.manifest import load_manifest
 from safebench.store import RunStore, atomic_write_json
 
 VERIFIED = "VERIFIED.json"
@@ -169,16 +170,7 @@ def open_checked_store(run_dir: Path, log: Callable[[str], None]) -> RunStore:
 def verify_run(run_dir: Path) -> list[str]:
     """Everything `safebench verify` finds wrong with a run directory, one line each."""
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        stages = manifest["stages"]
-        if not isinstance(stages, dict):
-            raise TypeError("field 'stages' is not a mapping")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"{manifest_path}: not a safebench manifest ({exc}); it cannot be verified") from None
+    stages = load_manifest(run_dir).stages
     found = []
     db_path = run_dir / "results.sqlite"
     problem = database_problem(db_path, full=True)
@@ -187,11 +179,11 @@ def verify_run(run_dir: Path) -> list[str]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) if db_path.exists() and not problem else None
     try:
         for name, entry in sorted(stages.items()):
-            if not isinstance(entry, dict) or "dir" not in entry:
+            if entry.dir is None:
                 continue  # a published model used as is: pinned by the manifest's asset hashes
-            stage_dir = (run_dir / str(entry["dir"])).resolve()
+            stage_dir = (run_dir / entry.dir).resolve()
             if run_dir.resolve() not in stage_dir.parents:
-                found.append(f"{name}: its directory {entry['dir']!r} lies outside the run")
+                found.append(f"{name}: its directory {entry.dir!r} lies outside the run")
                 continue
             try:
                 meta = json.loads((stage_dir / "DONE.json").read_text())

