@@ -88,9 +88,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  "backend": args.backend, "limit": args.limit},
     }
     out = args.out or Path("runs") / "eval"
-    manifest = run_eval(request, out, quiet=args.quiet)
+    result = run_eval(request, out, quiet=args.quiet)
     print((out / "summary.md").read_text())
-    print(f"run directory: {out}  ({len(manifest['executed'])} stage(s) run, {len(manifest['skipped'])} reused)")
+    print(f"run directory: {out}  ({len(result.executed)} stage(s) run, {len(result.skipped)} reused)")
     print(f"report: {out / 'report.html'}")
     return 0
 
@@ -196,8 +196,9 @@ def resolve_score_model(role: str, spec: str | None) -> ScoreModel | None:
     return ScoreModel(role, spec, path, stable_hash({"stage": role, **identity}), identity)
 
 
-def run_eval(request: dict, out: Path, *, quiet: bool = False) -> dict:
-    """Evaluate, into `out`; returns {'manifest': Manifest, 'executed': [...], 'skipped': [...]}."""
+def run_eval(request: dict, out: Path, *, quiet: bool = False):
+    """Evaluate, into `out`: the manifest and which stages ran (pipeline.PipelineRun)."""
+    from safebench.pipeline import PipelineRun
     from safebench.runlock import run_lock
 
     config = eval_config(request)
@@ -213,7 +214,7 @@ def run_eval(request: dict, out: Path, *, quiet: bool = False) -> dict:
 
         raise EndpointFailed(f"{out}: {judge_failure(manifest.model_dump(mode='json'))} (see report.md); rerun the "
                              "same command to retry them")
-    return {"manifest": manifest, "executed": evaluation.runner.executed, "skipped": evaluation.runner.skipped}
+    return PipelineRun(manifest, evaluation.runner.executed, evaluation.runner.skipped)
 
 
 class Evaluation:
