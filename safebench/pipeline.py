@@ -30,7 +30,7 @@ from safebench.manifest import (SCHEMA_VERSION, Evaluation, GitState, Manifest, 
                                 StageRecord, load_manifest)
 from safebench.runlock import run_lock
 from safebench.stages import (Stage, StageRunner, data_stage, generation_key, generation_material,
-                              judge_stage, judge_summary, score_material, stage_key)
+                              judge_stage, judge_summary, score_material, score_samples, stage_key)
 from safebench.store import atomic_directory
 from safebench.trainers.base import TrainContext
 from safebench.world.tiny import WORLD_VERSION
@@ -352,29 +352,9 @@ class Pipeline:
                     progress=not self.quiet)}))
             self.runner.run(Stage(
                 f"score:{method}:{suite}", materials, rows=("scores", "score_key", score_key),
-                build=lambda _directory: self.score_samples(scorer, self.oracle(), gen_key, score_key)))
+                build=lambda _directory: score_samples(self.store, scorer, self.oracle(), gen_key, score_key)))
         return Evaluation(method=method, suite=suite, kind=kind, gen_key=gen_key, score_key=score_key,
                           gen_config_hash=generation.settings_hash())
-
-    def score_samples(self, scorer, oracle, gen_key: str, score_key: str) -> dict:
-        samples = self.store.samples(gen_key)
-        done = self.store.done_score_keys(score_key)
-        todo = [s for s in samples if (s["prompt_id"], s["sample_idx"]) not in done]
-        for start in range(0, len(todo), 256):
-            chunk = todo[start:start + 256]
-            prompts = [s["prompt"] for s in chunk]
-            responses = [s["response"] for s in chunk]
-            rewards = scorer("reward-model").score(prompts, responses)
-            costs = scorer("cost-model").score(prompts, responses)
-            rows = []
-            for sample, reward, cost in zip(chunk, rewards, costs):
-                truth = oracle(sample["prompt"], sample["response"]) if oracle else None
-                rows.append({"score_key": score_key, "gen_key": gen_key, "prompt_id": sample["prompt_id"],
-                             "sample_idx": sample["sample_idx"], "reward": reward, "cost": cost,
-                             "oracle_reward": truth.reward if truth else None,
-                             "oracle_cost": truth.cost if truth else None})
-            self.store.insert_scores(rows)
-        return {"scored": len(todo)}
 
     def oracle(self):
         """The tiny world's ground truth, when the data came from it (None otherwise); read once

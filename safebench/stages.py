@@ -227,3 +227,29 @@ def judge_summary(store: RunStore, result: StageResult) -> dict | None:
     # Compatibility: `safebench judge` at 417acde recorded only counts; the summary is in the database.
     row = store.db.execute("SELECT summary FROM judge_summaries WHERE stage_key=?", (result.key,)).fetchone()
     return json.loads(row[0]) if row else None
+
+
+def score_samples(store: RunStore, scorer: Callable[[str], Any], oracle, gen_key: str, score_key: str) -> dict:
+    """Reward, cost and (the tiny world) ground truth of every sample of `gen_key` not scored yet
+    under `score_key`. `scorer(role)`: the Scorer of 'reward-model' or 'cost-model', or None where
+    the run has none (`safebench eval` without that model: its column stays empty)."""
+    samples = store.samples(gen_key)
+    done = store.done_score_keys(score_key)
+    todo = [s for s in samples if (s["prompt_id"], s["sample_idx"]) not in done]
+    for start in range(0, len(todo), 256):
+        chunk = todo[start:start + 256]
+        prompts = [s["prompt"] for s in chunk]
+        responses = [s["response"] for s in chunk]
+        values = {}
+        for role in ("reward-model", "cost-model"):
+            model = scorer(role)
+            values[role] = model.score(prompts, responses) if model is not None else [None] * len(chunk)
+        rows = []
+        for sample, reward, cost in zip(chunk, values["reward-model"], values["cost-model"]):
+            truth = oracle(sample["prompt"], sample["response"]) if oracle else None
+            rows.append({"score_key": score_key, "gen_key": gen_key, "prompt_id": sample["prompt_id"],
+                         "sample_idx": sample["sample_idx"], "reward": reward, "cost": cost,
+                         "oracle_reward": truth.reward if truth else None,
+                         "oracle_cost": truth.cost if truth else None})
+        store.insert_scores(rows)
+    return {"scored": len(todo)}

@@ -88,9 +88,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                  "backend": args.backend, "limit": args.limit},
     }
     out = args.out or Path("runs") / "eval"
-    manifest = run_eval(request, out, quiet=args.quiet)
+    result = run_eval(request, out, quiet=args.quiet)
     print((out / "summary.md").read_text())
-    print(f"run directory: {out}  ({len(manifest['executed'])} stage(s) run, {len(manifest['skipped'])} reused)")
+    print(f"run directory: {out}  ({len(result.executed)} stage(s) run, {len(result.skipped)} reused)")
     print(f"report: {out / 'report.html'}")
     return 0
 
@@ -196,8 +196,9 @@ def resolve_score_model(role: str, spec: str | None) -> ScoreModel | None:
     return ScoreModel(role, spec, path, stable_hash({"stage": role, **identity}), identity)
 
 
-def run_eval(request: dict, out: Path, *, quiet: bool = False) -> dict:
-    """Evaluate, into `out`; returns {'manifest': Manifest, 'executed': [...], 'skipped': [...]}."""
+def run_eval(request: dict, out: Path, *, quiet: bool = False):
+    """Evaluate, into `out`: the manifest and which stages ran (pipeline.PipelineRun)."""
+    from safebench.pipeline import PipelineRun
     from safebench.runlock import run_lock
 
     config = eval_config(request)
@@ -213,7 +214,7 @@ def run_eval(request: dict, out: Path, *, quiet: bool = False) -> dict:
 
         raise EndpointFailed(f"{out}: {judge_failure(manifest.model_dump(mode='json'))} (see report.md); rerun the "
                              "same command to retry them")
-    return {"manifest": manifest, "executed": evaluation.runner.executed, "skipped": evaluation.runner.skipped}
+    return PipelineRun(manifest, evaluation.runner.executed, evaluation.runner.skipped)
 
 
 class Evaluation:
@@ -293,32 +294,15 @@ class Evaluation:
         self.runner.save()
 
     def score(self, scorers: dict, gen_key: str, score_key: str) -> dict:
-        """Reward and cost of every sample not scored yet (None where no such model was given), and
-        the tiny world's ground truth on its own prompts."""
         from safebench.evals.scoring import Scorer
+        from safebench.stages import score_samples
 
-        for role, scorer in scorers.items():  # loaded once, at the first stage that scores
-            if scorer is not None and role not in self.loaded:
-                self.loaded[role] = Scorer(scorer.path, self.config.policy.template, self.config.policy.dtype)
-        loaded = {role: self.loaded[role] for role, scorer in scorers.items() if scorer is not None}
-        oracle = self.oracle()
-        samples = self.store.samples(gen_key)
-        done = self.store.done_score_keys(score_key)
-        todo = [s for s in samples if (s["prompt_id"], s["sample_idx"]) not in done]
-        for start in range(0, len(todo), 256):
-            chunk = todo[start:start + 256]
-            prompts, responses = [s["prompt"] for s in chunk], [s["response"] for s in chunk]
-            values = {role: loaded[role].score(prompts, responses) if role in loaded else [None] * len(chunk)
-                      for role in SCORER_ROLES}
-            rows = []
-            for i, sample in enumerate(chunk):
-                truth = oracle(sample["prompt"], sample["response"]) if oracle else None
-                rows.append({"score_key": score_key, "gen_key": gen_key, "prompt_id": sample["prompt_id"],
-                             "sample_idx": sample["sample_idx"], "reward": values["reward-model"][i],
-                             "cost": values["cost-model"][i], "oracle_reward": truth.reward if truth else None,
-                             "oracle_cost": truth.cost if truth else None})
-            self.store.insert_scores(rows)
-        return {"scored": len(todo)}
+        def scorer(role: str):  # each score model loaded once, at the first stage that scores
+            if scorers[role] is not None and role not in self.loaded:
+                self.loaded[role] = Scorer(scorers[role].path, self.config.policy.template, self.config.policy.dtype)
+            return self.loaded.get(role)
+
+        return score_samples(self.store, scorer, self.oracle(), gen_key, score_key)
 
     def oracle(self):
         """The tiny world's ground truth when a suite came from it (None otherwise)."""
