@@ -353,12 +353,12 @@ def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(
     assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
 
 
-# The RL methods at their smallest: four iterations of 32 prompts for PPO-Lag and RePO, a tenth of
+# The RL methods at their smallest: three iterations of 32 prompts for PPO-Lag and RePO, a tenth of
 # an epoch per SACPO step on short sequences, a resumable save after every iteration.
 RL_METHODS = ("ppo-lag", "repo", "p-sacpo")   # p-sacpo needs sacpo[beta_over_lambda=0.01], trained first
 RL_SMALL = tuple(f"--set=trainers.{m}.{field}" for m in ("ppo-lag", "repo") for field in (
-    "epochs=0.3", "prompt_batch_size=32", "train_batch_size=32", "max_new_tokens=16", "checkpoint_every=1")) + tuple(
-    f"--set=trainers.sacpo.{field}" for field in ("epochs=0.1", "max_prompt_length=16", "max_length=40")) + (
+    "epochs=0.23", "prompt_batch_size=32", "train_batch_size=32", "max_new_tokens=16", "checkpoint_every=1")) + tuple(
+    f"--set=trainers.sacpo.{field}" for field in ("epochs=0.1", "max_prompt_length=16", "max_length=32")) + (
     "--set=suites=[]",)
 # Evidence that an RL stage is part done, by stage directory name (NAME-KEY). P-SACPO, a merge of
 # SACPO's two step models, runs in a fraction of a second: there is no inside to kill it in.
