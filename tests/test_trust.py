@@ -325,7 +325,10 @@ def test_sigkill_inside_and_after_every_stage_then_rerun_gives_the_same_numbers(
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         killed[point] = command[0]
-    inside = {"data", "base", "sft", "reward-model", "cost-model", "generate-sft-tiny-harmful",
+    # The long stages must each have been killed inside. data and base take a fraction of a second
+    # on a quiet machine, shorter than one poll may be: they are killed inside when the poll lands
+    # there and right after they finish in any case.
+    inside = {"sft", "reward-model", "cost-model", "generate-sft-tiny-harmful",
               "score-sft-tiny-harmful", "judge", "report"}
     assert {f"inside {name}" for name in inside} <= set(killed), killed
     assert len([p for p in killed if p.startswith("after")]) == 8, killed    # judge too
