@@ -111,7 +111,7 @@ class RunConfig(StrictModel):
         """The judge stage's settings; None when the run has no judge or switches it off."""
         if self.judge is None or not self.judge.enabled:
             return None
-        return JudgeConfig.model_validate(self.settings_of(self.judge.model_dump(mode="json")))
+        return JudgeConfig.model_validate(JudgeSection.settings_of(self.judge.model_dump(mode="json")))
 
     def trained_as(self, name: str) -> str:
         """The stage that trains method `name`: its plain name (`plain_variant_name`), which
