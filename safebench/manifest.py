@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -70,7 +70,8 @@ class Manifest(Record):
     # Absent in manifests written before the record had a schema; they read as version 0.
     schema_version: int = 0
     safebench_version: str = "?"
-    status: Literal["running", "complete", "incomplete"] | str = "running"
+    # running until the report is written; then complete, or incomplete when judgments are undone
+    status: str = "running"
     preset: str | None = None
     config: dict[str, Any] = {}           # RunConfig as resolved (kept as data: an old config stays readable)
     config_hash: str | None = None

@@ -126,3 +126,17 @@ def test_a_judge_stage_recorded_with_counts_only_reads_its_summary_from_the_data
     runner.store.db.execute("INSERT INTO judge_summaries VALUES (?, ?)", ("k", json.dumps({"complete": True})))
     result = StageResult("k", runner.store.stage_dir("judge", "k"), {"summary_counts": {"scored": 1}}, reused=True)
     assert judge_summary(runner.store, result) == {"complete": True}
+
+
+def test_the_judge_section_is_typed_and_switched_in_one_place():
+    from safebench.config import resolve
+    from safebench.evals.judge.config import JudgeConfig
+
+    block = '{"endpoint": "tiny-oracle", "protocols": ["harmful_verdict"], "repeats": 1}'
+    config, _ = resolve("tiny", ["sft"], [f"judge={block}"])
+    settings = config.judge_settings()
+    assert type(settings) is JudgeConfig and settings.repeats == 1 and config.judge.enabled
+    off, _ = resolve("tiny", ["sft"], [f"judge={block}", "judge.enabled=false"])
+    assert off.judge_settings() is None and off.judge is not None
+    with pytest.raises(UsageError, match=r"field 'judge.repeats' = 0"):
+        resolve("tiny", ["sft"], ['judge={"endpoint": "tiny-oracle", "repeats": 0}'])

@@ -7,7 +7,6 @@ be compared with were generated under other settings.
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import sys
 from pathlib import Path

@@ -125,5 +125,8 @@ def test_judge_command_with_the_recorded_config_records_its_stage(twice_judged, 
     assert recorded["stages"]["judge"] == {"key": keys["safe_rlhf_score"],
                                            "dir": f"stages/judge-{keys['safe_rlhf_score']}"}
     assert recorded["evaluations"] == manifest["evaluations"]  # the rest of the manifest is kept
+    # The stage record is the pipeline's: the summary a rerun reads, and the rows a reuse counts.
+    done = json.loads((copy / recorded["stages"]["judge"]["dir"] / "DONE.json").read_text())
+    assert done["summary"]["complete"] and done["outputs"]["rows"]["table"] == "judge_judgments"
     loaded = load_run(copy)
     assert set(loaded.verdicts["protocol"]) == {"safe_rlhf_score"} and loaded.judge_note is None
