@@ -126,7 +126,7 @@ def parse_manifest(data: dict, path: Path | str) -> Manifest:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        dotted = ".".join(str(p) for p in err["loc"])
+        dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
         if err["type"] == "missing":
             problem = f"field '{dotted}' is missing"
         else:

@@ -114,7 +114,7 @@ def test_a_manifest_written_by_417acde_loads(tmp_path):
 
 def test_a_damaged_manifest_is_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {}, "evaluations": [{"method": "m"}]}))
-    with pytest.raises(UsageError, match=r"manifest.json: field 'evaluations.0.suite' is missing"):
+    with pytest.raises(UsageError, match=r"manifest.json: field 'evaluations\[0\].suite' is missing"):
         load_manifest(tmp_path)
 
 
