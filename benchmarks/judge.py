@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from safebench.evals.judge.stage import run_judge_stage
-from safebench.store import RunStore, atomic_write_json
+from safebench.files import atomic_write_json
+from safebench.store import RunStore
 
 
 def make_store(root: Path, n: int) -> tuple[RunStore, list[dict]]:

@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from safebench.store import atomic_write_json  # noqa: E402
+from safebench.files import atomic_write_json  # noqa: E402
 from safebench.trainers import sacpo  # noqa: E402
 from safebench.trainers.base import TrainContext, WorldData  # noqa: E402
 from safebench.world import tiny  # noqa: E402

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from safebench.reports import write_reports  # noqa: E402
-from safebench.store import atomic_write_json  # noqa: E402
+from safebench.files import atomic_write_json  # noqa: E402
 from tests.reports.cdp import Chromium  # noqa: E402
 from tests.reports.conftest import make_run  # noqa: E402
 

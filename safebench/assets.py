@@ -440,7 +440,7 @@ def hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None, wher
 
 
 def _atomic(final: Path):
-    from safebench.store import atomic_directory
+    from safebench.files import atomic_directory
 
     return atomic_directory(final)
 

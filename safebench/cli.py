@@ -75,6 +75,7 @@ def choose_threads(config) -> None:
 
 def cmd_run(args) -> int:
     from safebench import config as config_module, seeds as seeds_module
+    from safebench import pipeline as pipeline_module
     from safebench.pipeline import run_pipeline
 
     overrides = list(args.overrides)
@@ -97,7 +98,7 @@ def cmd_run(args) -> int:
         runs = [run_pipeline(config, recipes, out, quiet=args.quiet,
                              request=config_module.request_record(args.preset, args.methods, overrides))]
     else:
-        runs = seeds_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
+        runs = pipeline_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
     summary = (out / "summary.md").read_text()
     print(summary)
     executed, skipped = sum(len(r.executed) for r in runs), sum(len(r.skipped) for r in runs)
@@ -110,6 +111,7 @@ def cmd_run(args) -> int:
 def cmd_train(args) -> int:
     """Train one method (and what it depends on) without evaluating it."""
     from safebench import config as config_module, seeds as seeds_module
+    from safebench import pipeline as pipeline_module
     from safebench.pipeline import run_pipeline
 
     overrides = [*args.overrides, "suites=[]"]
@@ -123,7 +125,7 @@ def cmd_train(args) -> int:
                            request=config_module.request_record(args.preset, [args.method], overrides))
         print(f"{args.method}: {out / run.manifest.methods[args.method].checkpoint}")
         return 0
-    runs = seeds_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
+    runs = pipeline_module.run_seeds(args.preset, [args.method], overrides, seeds, out, quiet=args.quiet)
     for seed, run in zip(seeds, runs):
         checkpoint = seeds_module.seed_dir(out, seed) / run.manifest.methods[args.method].checkpoint
         print(f"{args.method} (seed {seed}): {checkpoint}")
@@ -133,13 +135,13 @@ def cmd_train(args) -> int:
 def cmd_score(args) -> int:
     """Score every unscored sample of a run (or of each seed of a set of seeds) with its reward and
     cost models."""
-    from safebench import seeds as seeds_module
+    from safebench import pipeline as pipeline_module, seeds as seeds_module
 
     replicates = seeds_module.replicates(Path(args.run))
     for run_dir in (replicates or {None: Path(args.run)}).values():
         score_run(run_dir, args)
     if replicates:
-        seeds_module.write_across_seeds(Path(args.run))
+        pipeline_module.write_across_seeds(Path(args.run))
     print((Path(args.run) / "summary.md").read_text())
     return 0
 

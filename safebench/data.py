@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from safebench.config import DataConfig
 from safebench.errors import UsageError
-from safebench.store import read_jsonl, write_jsonl
+from safebench.files import read_jsonl, write_jsonl
 
 PREFERENCE_FIELDS = ("prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
                      "is_response_0_safe", "is_response_1_safe")

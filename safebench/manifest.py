@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from safebench.errors import UsageError
-from safebench.store import atomic_write_json
+from safebench.files import atomic_write_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

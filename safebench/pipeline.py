@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, environment, registry, threads, verify
+from safebench import __version__, data as data_module, environment, registry, seeds as seeds_module, threads, verify
 from safebench.config import RunConfig
 from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
@@ -31,7 +31,7 @@ from safebench.manifest import (SCHEMA_VERSION, Evaluation, GitState, Manifest, 
 from safebench.runlock import run_lock
 from safebench.stages import (Stage, StageRunner, data_stage, generation_key, generation_material,
                               judge_stage, judge_summary, score_material, score_samples, stage_key)
-from safebench.store import atomic_directory
+from safebench.files import atomic_directory, atomic_write_json
 from safebench.trainers.base import TrainContext
 from safebench.world.tiny import WORLD_VERSION
 
@@ -426,3 +426,41 @@ def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = 
         raise EndpointFailed(f"{run_dir}: {pipeline.judge_failure()} (see report.md); rerun the same command "
                              "to retry them")
     return PipelineRun(manifest, pipeline.executed, pipeline.skipped)
+
+
+# --- a set of seeds (safebench/seeds.py: its layout and results) ------------------------------
+
+def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seeds: list[int], out: Path, *,
+              quiet: bool = False) -> list:
+    """Run the pipeline once per seed into OUT/seed-N, then write the summary and report across
+    seeds into OUT. Returns each seed's `pipeline.PipelineRun`."""
+    from safebench import config as config_module
+
+    out = Path(out)
+    seeds_module.refuse_mixed(out, seeded=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / seeds_module.SEEDS_FILE, {
+        "format": seeds_module.SEEDS_FORMAT, "seeds": seeds, "runs": {str(s): seeds_module.seed_dir(out, s).name for s in seeds},
+        "request": config_module.request_record(preset, methods, overrides)})
+    runs = []
+    for number, seed in enumerate(seeds, 1):
+        print(f"[seed] {seed} ({number} of {len(seeds)}): {seeds_module.seed_dir(out, seed)}", file=sys.stderr, flush=True)
+        seeded = [*overrides, f"seed={seed}"]
+        config, recipes = config_module.resolve(preset, methods, seeded)
+        runs.append(run_pipeline(config, recipes, seeds_module.seed_dir(out, seed), quiet=quiet,
+                                 request=config_module.request_record(preset, methods, seeded),
+                                 shared_runs=[seeds_module.seed_dir(out, s) for s in seeds if s != seed]))
+    write_across_seeds(out)
+    return runs
+
+
+def write_across_seeds(out: Path) -> None:
+    """summary.md and the reports of the set of seeds at `out`, from its seeds' results."""
+    from safebench import summary
+
+    summary.write_seeds_summary(out)
+    try:
+        from safebench.reports import write_reports
+    except ImportError:
+        return
+    write_reports([out])

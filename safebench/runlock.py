@@ -64,8 +64,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def drop_leftovers(run_dir: Path) -> None:
-    """What a killed process was writing under a temporary name (store.atomic_directory: a
-    checkpoint or a resumable state, model-sized; store.atomic_write_*: a file) is never renamed
+    """What a killed process was writing under a temporary name (files.atomic_directory: a
+    checkpoint or a resumable state, model-sized; files.atomic_write_*: a file) is never renamed
     into place; only the lock's holder writes the directory, so none of it is anyone's work now."""
     for leftover in sorted(run_dir.rglob(".*.tmp"), reverse=True):  # the deepest first
         if leftover.is_dir():

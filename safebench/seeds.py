@@ -14,11 +14,9 @@ hard-linked into the other seeds' directories (`Pipeline(shared_runs=...)`).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from safebench.errors import UsageError
-from safebench.store import atomic_write_json
 
 SEEDS_FILE = "seeds.json"
 SEEDS_FORMAT = "safebench-seeds/1"
@@ -56,31 +54,6 @@ def refuse_mixed(out: Path, seeded: bool) -> None:
         raise UsageError(f"{out}: holds a set of seeds ({SEEDS_FILE}); run it with --seeds, or give another --out")
 
 
-def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seeds: list[int], out: Path, *,
-              quiet: bool = False) -> list:
-    """Run the pipeline once per seed into OUT/seed-N, then write the summary and report across
-    seeds into OUT. Returns each seed's `pipeline.PipelineRun`."""
-    from safebench import config as config_module
-    from safebench.pipeline import run_pipeline
-
-    out = Path(out)
-    refuse_mixed(out, seeded=True)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / SEEDS_FILE, {
-        "format": SEEDS_FORMAT, "seeds": seeds, "runs": {str(s): seed_dir(out, s).name for s in seeds},
-        "request": config_module.request_record(preset, methods, overrides)})
-    runs = []
-    for number, seed in enumerate(seeds, 1):
-        print(f"[seed] {seed} ({number} of {len(seeds)}): {seed_dir(out, seed)}", file=sys.stderr, flush=True)
-        seeded = [*overrides, f"seed={seed}"]
-        config, recipes = config_module.resolve(preset, methods, seeded)
-        runs.append(run_pipeline(config, recipes, seed_dir(out, seed), quiet=quiet,
-                                 request=config_module.request_record(preset, methods, seeded),
-                                 shared_runs=[seed_dir(out, s) for s in seeds if s != seed]))
-    write_across_seeds(out)
-    return runs
-
-
 def results(out: Path):
     """RunStore.results() of every seed of the set at `out`, with a `seed` column."""
     import pandas as pd
@@ -95,15 +68,3 @@ def results(out: Path):
         finally:
             store.close()
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def write_across_seeds(out: Path) -> None:
-    """summary.md and the reports of the set of seeds at `out`, from its seeds' results."""
-    from safebench import summary
-
-    summary.write_seeds_summary(out)
-    try:
-        from safebench.reports import write_reports
-    except ImportError:
-        return
-    write_reports([out])

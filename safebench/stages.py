@@ -29,7 +29,8 @@ from typing import Any, Callable
 from safebench import verify
 from safebench.hashing import stable_hash
 from safebench.manifest import Manifest, StageRecord
-from safebench.store import RunStore, atomic_directory
+from safebench.files import atomic_directory
+from safebench.store import RunStore
 from safebench.world.tiny import WORLD_VERSION
 
 
@@ -55,7 +56,7 @@ class Stage:
     """name: how the manifest and the stage directory name it (`generate:sft:harmful`).
     material: what its key hashes (its settings and the keys of its inputs).
     build: makes the outputs in the given stage directory; returns what DONE.json records, or
-        `Unfinished`. A checkpoint is built with `store.atomic_directory` inside it.
+        `Unfinished`. A checkpoint is built with `files.atomic_directory` inside it.
     kind: the key's stage name, when several stages share a formula (every `generate:*` is
         "generate"); default: `name`.
     version: the stage's format; bump it when its outputs change so old stage directories are

@@ -12,7 +12,8 @@ import math
 import pandas as pd
 
 from safebench import metrics
-from safebench.store import RunStore, atomic_write_text
+from safebench.files import atomic_write_text
+from safebench.store import RunStore
 
 # Header in summary.md -> metric of metrics.summarize. Oracle columns exist only in the tiny world.
 COLUMNS = {

@@ -22,7 +22,8 @@ from typing import Callable
 from safebench.errors import CheckFailed
 from safebench.hashing import sha256_file
 from safebench.manifest import load_manifest
-from safebench.store import RunStore, atomic_write_json
+from safebench.files import atomic_write_json
+from safebench.store import RunStore
 
 VERIFIED = "VERIFIED.json"
 # Files of a stage directory that are not its outputs: records, resume state, TensorBoard logs.

@@ -7,9 +7,10 @@ import sqlite3
 
 import pytest
 
-from safebench import store as store_module
+from safebench import files as files_module
 from safebench.hashing import stable_hash
-from safebench.store import RunStore, atomic_directory, atomic_write_json, atomic_write_text
+from safebench.files import atomic_directory, atomic_write_json, atomic_write_text
+from safebench.store import RunStore
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypatch):
@@ -19,7 +20,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypat
     def crash(*_args, **_kwargs):
         raise OSError("disk vanished (injected fault)")
 
-    monkeypatch.setattr(store_module.os, "replace", crash)
+    monkeypatch.setattr(files_module.os, "replace", crash)
     with pytest.raises(OSError):
         atomic_write_text(target, "new content that never lands")
     assert target.read_text() == "old complete content"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safebench.defaults import DEFAULT_N_BOOT, DEFAULT_SEED
 from safebench.errors import UsageError
-from safebench.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+from safebench.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def json_safe(obj):

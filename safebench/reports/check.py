@@ -36,7 +36,7 @@ from scipy import stats
 
 from safebench import environment, metrics
 from safebench.errors import CheckFailed, UsageError
-from safebench.store import atomic_write_json
+from safebench.files import atomic_write_json
 
 BASELINE_FORMAT = "safebench-baseline/2"
 READABLE_FORMATS = ("safebench-baseline/1", BASELINE_FORMAT)

@@ -13,7 +13,7 @@ import pandas as pd
 
 from safebench import metrics
 from safebench.errors import UsageError
-from safebench.store import atomic_write_bytes
+from safebench.files import atomic_write_bytes
 
 FORMATS = {"csv": "csv", "parquet": "parquet", "jsonl": "jsonl"}  # format -> default file suffix
 BASE_COLUMNS = ["run", "seed", "method", "suite", "kind", "category", "prompt_id", "prompt", "sample", "response",

@@ -28,7 +28,7 @@ import pandas as pd
 
 from safebench import environment, metrics
 from safebench.errors import CheckFailed, UsageError
-from safebench.store import atomic_write_json
+from safebench.files import atomic_write_json
 
 PAIRED_FORMAT = "safebench-paired-baseline/1"
 DEFAULT_ALPHA = 0.05

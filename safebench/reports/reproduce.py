@@ -19,7 +19,7 @@ import pandas as pd
 from safebench import metrics, registry
 from safebench.errors import UsageError
 from safebench.reports.runs import BASELINE_METHOD, load_run
-from safebench.store import atomic_write_text
+from safebench.files import atomic_write_text
 from safebench.summary import shared_checkpoint_notes
 
 SUMMARY_METRICS = ("safety_rate", "prompt_unsafe_share", "reward_mean", "cost_mean", "refusal_rate",

@@ -240,7 +240,7 @@ def refusal_labels() -> list[dict]:
     says the rule was not measured."""
     from safebench import assets
     from safebench.errors import UsageError
-    from safebench.store import atomic_write_json
+    from safebench.files import atomic_write_json
 
     path = refusal_labels_path()
     if path.is_file():

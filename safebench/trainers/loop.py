@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from pydantic import Field
 
-from safebench.store import atomic_directory, atomic_write_json
+from safebench.files import atomic_directory, atomic_write_json
 from safebench.trainers import resume_state
 from safebench.trainers.base import RecipeBase, TrainContext
 

@@ -44,7 +44,7 @@ import torch
 
 from safebench import modeling
 from safebench.errors import UsageError
-from safebench.store import atomic_directory, atomic_write_json
+from safebench.files import atomic_directory, atomic_write_json
 from safebench.trainers import resume_state
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import adamw, batch_order, decay_groups

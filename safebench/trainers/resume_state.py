@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from safebench.errors import UsageError
-from safebench.store import atomic_write_text
+from safebench.files import atomic_write_text
 
 TENSORS = "tensors.safetensors"
 STRUCTURE = "state.json"

@@ -52,7 +52,7 @@ from pydantic import Field, field_validator, model_validator
 
 from safebench import modeling
 from safebench.errors import UsageError
-from safebench.store import atomic_directory
+from safebench.files import atomic_directory
 from safebench.trainers.base import RecipeBase, TrainContext
 
 STEPS = ("helpfulness", "safety")

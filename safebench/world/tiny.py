@@ -367,7 +367,7 @@ def make_tiny_policy_checkpoint(out_dir: str | Path, seed: int = 0, **sizes) -> 
 
 
 def write_world(out_dir: Path, seed: int, train_prompts: int, sft_per_prompt: int, pairs_per_prompt: int) -> dict:
-    from safebench.store import write_jsonl, atomic_write_json
+    from safebench.files import write_jsonl, atomic_write_json
 
     data = build_datasets(seed, train_prompts, sft_per_prompt, pairs_per_prompt)
     for name in ("sft", "preference", "prompts", "preference_heldout"):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from safebench.manifest import StageRecord, load_manifest
-from safebench.store import RunStore, atomic_write_json
+from safebench.files import atomic_write_json
+from safebench.store import RunStore
 
 
 def make_run(run_dir: Path, rows: list[dict], *, suites: dict[str, str] | None = None,

@@ -18,7 +18,8 @@ from safebench.errors import UsageError
 from safebench.evals.judge.stage import judge_stage_key, run_judge_stage
 from safebench.reports import write_reports
 from safebench.reports.runs import load_run
-from safebench.store import RunStore, atomic_write_json
+from safebench.files import atomic_write_json
+from safebench.store import RunStore
 from tests.evals.test_tiny_oracle_judge import HOW_TO, PROMPT, REFUSAL
 from tests.reports.conftest import make_run
 

@@ -26,7 +26,7 @@ from safebench.evals.judge.cache import JudgeCache
 from safebench.evals.judge.client import JudgeClient
 from safebench.evals.judge.config import JudgeConfig
 from safebench.hashing import sha256_file, stable_hash
-from safebench.store import atomic_write_json, write_jsonl
+from safebench.files import atomic_write_json, write_jsonl
 
 PYRIT_VERSION = "1.1.0"
 PYRIT_WHEEL = f"pyrit-{PYRIT_VERSION}-py3-none-any.whl"

@@ -10,7 +10,7 @@ from typing import Literal
 
 from safebench.errors import UsageError
 from safebench.evals.suites import FILE_SUFFIXES, FieldMap, records_to_items
-from safebench.store import read_jsonl
+from safebench.files import read_jsonl
 
 
 class Source(FieldMap):

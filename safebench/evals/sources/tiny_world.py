@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from safebench.errors import UsageError
-from safebench.store import read_jsonl
+from safebench.files import read_jsonl
 
 
 class Source(BaseModel):
