@@ -31,6 +31,7 @@ optimizer step).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -220,6 +221,7 @@ def main() -> None:
             finished = list(results)  # written again with every round of this size
             results += run_size(paths, sequences, args, prompts, Path(tmp) / f"trl-{sequences}",
                                 lambda figures: write_results(Path(args.out), args, load_before, finished + figures))
+            gc.collect()  # the trainers of this size sit in reference cycles (accelerate, TRL): free them first
     columns = ["trainer", "sequences", "iteration_s", "tokens_per_s", "tokens_per_s_vs_rloo", *STAGES,
                "iteration_over_update"]
     print(f"threads {args.threads}; {args.new_tokens} new tokens; median of {args.rounds} rounds; "
