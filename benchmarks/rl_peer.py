@@ -31,6 +31,7 @@ optimizer step).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from rl_step import build_models  # benchmarks/rl_step.py (the script's folder is on sys.path)
@@ -157,7 +159,9 @@ class TRLRunner:
                 "generated_tokens": marks["generated_tokens"]}
 
 
-def run_size(paths: dict, sequences: int, args, prompts: list[str], out: Path) -> list[dict]:
+def run_size(paths: dict, sequences: int, args, prompts: list[str], out: Path,
+             done: Callable[[list[dict]], None]) -> list[dict]:
+    """The size's figures; `done(figures)` is called after every counted round with those so far."""
     runners: dict[str, object] = {}
     safebench = SafebenchRunner(paths, sequences, args.new_tokens, prompts)
     runners["ppo-lag"] = runners["repo"] = safebench
@@ -173,8 +177,15 @@ def run_size(paths: dict, sequences: int, args, prompts: list[str], out: Path) -
                 rows[name].append(result)
             print(f"  {sequences} sequences, round {round_index}, {name}: {result['iteration_s']:.2f} s "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
+        if round_index:
+            done(summarise(rows, sequences))
+    return summarise(rows, sequences)
+
+
+def summarise(rows: dict[str, list[dict]], sequences: int) -> list[dict]:
+    """Medians over the counted rounds of each trainer, and the ratios."""
     summary = []
-    for name in names:
+    for name in rows:
         median = {key: statistics.median(r[key] for r in rows[name]) for key in rows[name][0]}
         median["tokens_per_s"] = statistics.median(r["generated_tokens"] / r["iteration_s"] for r in rows[name])
         summary.append({"trainer": name, "sequences": sequences, **median,
@@ -207,8 +218,10 @@ def main() -> None:
         paths = build_models(args.shape, Path(tmp), "float32", tokenizer=tokenizer)
         prompts = [modeling.format_prompt(tokenizer, p.prompt, "plain") for p in tiny.all_prompts()]
         for sequences in (int(s) for s in args.sequences.split(",")):
-            results += run_size(paths, sequences, args, prompts, Path(tmp) / f"trl-{sequences}")
-            write_results(Path(args.out), args, load_before, results)  # each size as it completes
+            finished = list(results)  # written again with every round of this size
+            results += run_size(paths, sequences, args, prompts, Path(tmp) / f"trl-{sequences}",
+                                lambda figures: write_results(Path(args.out), args, load_before, finished + figures))
+            gc.collect()  # the trainers of this size sit in reference cycles (accelerate, TRL): free them first
     columns = ["trainer", "sequences", "iteration_s", "tokens_per_s", "tokens_per_s_vs_rloo", *STAGES,
                "iteration_over_update"]
     print(f"threads {args.threads}; {args.new_tokens} new tokens; median of {args.rounds} rounds; "
@@ -228,7 +241,7 @@ def write_results(out: Path, args, load_before, results: list[dict]) -> None:
                "load_average_before": load_before, "load_average_after": os.getloadavg(),
                "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                "precision": "float32 masters of trained models under bf16 autocast, every trainer",
-               "results": results}
+               "rounds_done": min(len(r["rounds"]) for r in results) if results else 0, "results": results}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(payload, indent=2))

@@ -109,7 +109,7 @@ def run_metrics(directory: Path, methods: dict[str, str]) -> dict:
     names = dict(zip(spelled.methods, methods))
     store = RunStore(directory)
     try:
-        manifest, results, curves = store.manifest(), store.results(), store.curves()
+        manifest, results, curves = store.manifest().dump(), store.results(), store.curves()
         scorers = heldout_points(store.db, manifest)
     finally:
         store.close()

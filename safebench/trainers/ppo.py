@@ -494,10 +494,10 @@ class PPOTrainer:
             for key, value in losses.items():
                 totals[key] += value.item() * weight * share
 
-    def _micro_losses(self, exp: dict, rows: slice, own: UpdateForward | None = None,
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _micro_losses(self, exp: dict, rows: slice,
+                      own: UpdateForward | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """The three losses of a micro batch, and the actor's update diagnostics on it (detached).
-        `own`: the forward on these rows, taken already (the context of this pass was entered then)."""
+        `own`: the forward on these rows, taken already (`update_forward`)."""
         recipe = self.recipe
         full = exp["batch"]
         mask = exp["mask"][rows]

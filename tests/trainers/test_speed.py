@@ -10,8 +10,9 @@ from safebench import modeling
 from safebench.trainers import loop, ppo, ppo_lag, repo
 from tests.trainers import ppo_fixtures
 
-# one optimizer step, one micro batch, one PPO epoch per iteration: the published setting
-ONE_PASS = {**ppo_fixtures.TINY_RECIPE, "micro_batch_size": 8}
+# one optimizer step, one micro batch, one PPO epoch per iteration: the published setting; no
+# warmup, so the first step moves the actor that samples the second iteration
+ONE_PASS = {**ppo_fixtures.TINY_RECIPE, "micro_batch_size": 8, "actor_warmup_ratio": 0.0}
 
 
 @pytest.fixture(scope="module")
