@@ -452,3 +452,40 @@ def test_sigkill_inside_generate_then_rerun_gives_the_samples_of_the_run(tiny_ru
     generated = samples(out)
     prompts = {prompt_id for prompt_id, _, _ in generated}
     assert len(generated) == 384 and generated == [row for row in samples(tiny_run) if row[0] in prompts]
+
+
+@pytest.mark.slow
+def test_sigkill_inside_eval_then_rerun_gives_the_samples_and_scores_of_the_run(tiny_run, tiny_checkpoints, tmp_path):
+    """`safebench eval` of the tiny SFT model with the run's cost model on the first 96 prompts of
+    tiny-harmful, killed once it has written samples and run again: it completes, and its samples
+    and costs are those the run's own stages wrote for those prompts."""
+    out = tmp_path / "evaluated"
+    command = [sys.executable, "-m", "safebench.cli", "eval", "--model", f"sft={tiny_checkpoints['policy']}",
+               "--cost-model", str(tiny_run), "--suite", "tiny-harmful", "--limit", "96", "--preset", "tiny",
+               "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    while process.poll() is None and not _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples"):
+        time.sleep(0.02)
+    assert process.poll() is None, "eval ended before it was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples") < 384
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+    def scored(run_dir: Path) -> list[tuple]:
+        import sqlite3
+
+        db = sqlite3.connect(run_dir / "results.sqlite")
+        try:
+            return db.execute("SELECT prompt_id, sample_idx, response, round(cost, 4) FROM samples "
+                              "JOIN scores USING (gen_key, prompt_id, sample_idx) WHERE suite='tiny-harmful' "
+                              "ORDER BY prompt_id, sample_idx").fetchall()
+        finally:
+            db.close()
+
+    evaluated = scored(out)
+    prompts = {row[0] for row in evaluated}
+    assert len(evaluated) == 384 and evaluated == [row for row in scored(tiny_run) if row[0] in prompts]
