@@ -104,7 +104,7 @@ def test_bad_input_is_a_usage_error(runs, tmp_path):
         write_reports([tmp_path / "empty"])
     broken = runs.make(tmp_path / "broken", runs.rows(n_prompts=2, k=1))
     (broken / "manifest.json").write_text('{"evaluations": [{"method": "sft"}]}')
-    with pytest.raises(UsageError, match=r"'evaluations.0.suite' is missing"):
+    with pytest.raises(UsageError, match=r"evaluations\[0\].suite' is missing"):
         write_reports([broken])
 
 
