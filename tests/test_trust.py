@@ -183,12 +183,12 @@ def _truncate(fraction: float):
     return damage
 
 
-DAMAGE = {  # what is damaged, how, and the line the rerun must print
-    "zero-filled checkpoint": ("stages/sft-*/model/model.safetensors", _zero_fill,
-                               "model/model.safetensors differs from its recorded sha256"),
-    "deleted checkpoint": ("stages/sft-*/model/model.safetensors", Path.unlink, "model/model.safetensors is missing"),
-    "database truncated to 0 bytes": ("results.sqlite", _truncate(0), "results.sqlite holds 0 of its"),
-    "database truncated to half": ("results.sqlite", _truncate(0.5), "[redo] results.sqlite: "),
+DAMAGE = {  # what is damaged, how, and the line the rerun must print; two checkpoints share one rerun
+    "checkpoints zero-filled and deleted": [
+        ("stages/sft-*/model/model.safetensors", _zero_fill, "model/model.safetensors differs from its recorded sha256"),
+        ("stages/reward-model-*/model/model.safetensors", Path.unlink, "model/model.safetensors is missing")],
+    "database truncated to 0 bytes": [("results.sqlite", _truncate(0), "results.sqlite holds 0 of its")],
+    "database truncated to half": [("results.sqlite", _truncate(0.5), "[redo] results.sqlite: ")],
 }
 
 
@@ -196,18 +196,21 @@ DAMAGE = {  # what is damaged, how, and the line the rerun must print
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_damaged_outputs_are_found_and_redone(tiny_run, tmp_path, case):
     """`safebench verify` finds the damage (exit 1); the rerun redoes what it touched, says why in
-    one line, and ends with the numbers of the undamaged run."""
-    pattern, damage, said = DAMAGE[case]
+    one line for each, and ends with the numbers of the undamaged run."""
     out = _copy(tiny_run, tmp_path)
     assert run_cli("verify", str(out)).returncode == 0
-    (target,) = out.glob(pattern)
-    damage(target)
+    for pattern, damage, _ in DAMAGE[case]:
+        (target,) = out.glob(pattern)
+        damage(target)
     found = run_cli("verify", str(out))
     assert found.returncode == 1 and "MISMATCH" in found.stdout, found.stdout + found.stderr
     result = run_cli(*RUN_SFT, "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     redo = [line for line in result.stderr.splitlines() if line.startswith("[redo]")]
-    assert redo and any(said in line for line in redo), result.stderr[-2000:]
+    for pattern, _, said in DAMAGE[case]:
+        stage = pattern.split("/")[1].removesuffix("-*") if pattern.startswith("stages/") else None
+        assert any(said in line and (stage is None or line.startswith(f"[redo] {stage} ")) for line in redo), \
+            result.stderr[-2000:]
     assert (out / "summary.md").read_text() == (tiny_run / "summary.md").read_text()
     assert run_cli("verify", str(out)).returncode == 0
 
