@@ -423,6 +423,21 @@ def test_sigkill_inside_each_rl_method_then_rerun_gives_the_same_models(tiny_run
     assert run_cli("verify", str(out)).returncode == 0
 
 
+def _kill_once_samples_are_written_then_rerun(command: list[str], out: Path) -> None:
+    """Start `command`, SIGKILL its process group once it has written samples (some, not all 384),
+    then run it again to the end."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    while process.poll() is None and not _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples"):
+        time.sleep(0.02)
+    assert process.poll() is None, f"{command[3]} ended before it was killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples") < 384
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_sigkill_inside_generate_then_rerun_gives_the_samples_of_the_run(tiny_run, tiny_checkpoints, tmp_path):
     """`safebench generate` of the tiny SFT model on the first 96 prompts of tiny-harmful (six
@@ -431,16 +446,7 @@ def test_sigkill_inside_generate_then_rerun_gives_the_samples_of_the_run(tiny_ru
     out = tmp_path / "generated"
     command = [sys.executable, "-m", "safebench.cli", "generate", "--model", str(tiny_checkpoints["policy"]),
                "--suite", "tiny-harmful", "--limit", "96", "--preset", "tiny", "--quiet", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    while process.poll() is None and not _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples"):
-        time.sleep(0.02)
-    assert process.poll() is None, "generate ended before it was killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 0 < _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples") < 384
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _kill_once_samples_are_written_then_rerun(command, out)
 
     def samples(run_dir: Path) -> list[tuple]:
         import sqlite3
@@ -466,16 +472,7 @@ def test_sigkill_inside_eval_then_rerun_gives_the_samples_and_scores_of_the_run(
     command = [sys.executable, "-m", "safebench.cli", "eval", "--model", f"sft={tiny_checkpoints['policy']}",
                "--cost-model", str(tiny_run), "--suite", "tiny-harmful", "--limit", "96", "--preset", "tiny",
                "--quiet", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    while process.poll() is None and not _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples"):
-        time.sleep(0.02)
-    assert process.poll() is None, "eval ended before it was killed"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 0 < _rows(out / "results.sqlite", "SELECT COUNT(*) FROM samples") < 384
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _kill_once_samples_are_written_then_rerun(command, out)
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
     def scored(run_dir: Path) -> list[tuple]:
