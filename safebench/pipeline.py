@@ -360,13 +360,9 @@ class Pipeline:
         """The tiny world's ground truth, when the data came from it (None otherwise); read once
         (every RL stage and the scoring stage use it)."""
         if self._oracle is None:
-            path = self.data_dir / "oracle_prompts.json" if self.data_dir else None
-            if not path or not path.exists():
-                return None
             from safebench.world import tiny
 
-            prompts = tiny.load_oracle_prompts(path)
-            self._oracle = lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
+            self._oracle = tiny.oracle_for(self.data_dir)
         return self._oracle
 
     def keep_recorded_judge(self) -> None:

@@ -514,6 +514,8 @@ class Evaluation:
 
 
 def plan_evaluation(config, launch: Launch, policy: Shape) -> Evaluation:
+    from safebench.evals.judge.protocol import get_protocol
+
     generation = config.generation
     k, new_tokens = generation.k, generation.max_new_tokens
     methods = len(config.methods)
@@ -527,12 +529,10 @@ def plan_evaluation(config, launch: Launch, policy: Shape) -> Evaluation:
         samples += n * k * methods
         if judge is None:
             continue
-        for protocol in judge.protocols:
-            if protocol == "pairwise":
-                per = n * k * (methods - ("sft" in config.methods)) * len(judge.pairwise_criteria) * 2
-                responses = 2
-            else:
-                per, responses = n * k * methods, 1
+        for protocol_name in judge.protocols:
+            protocol = get_protocol(protocol_name)
+            per = protocol.planned_requests(n * k, config.methods, judge)
+            responses = len([slot for slot in protocol.slots if slot != "prompt"])
             calls += per * judge.repeats
             tokens_in += per * judge.repeats * (JUDGE_INSTRUCTION_TOKENS + JUDGE_PROMPT_TOKENS
                                                    + responses * new_tokens)

@@ -296,23 +296,14 @@ class Evaluation:
     def score(self, scorers: dict, gen_key: str, score_key: str) -> dict:
         from safebench.evals.scoring import Scorer
         from safebench.stages import score_samples
+        from safebench.world import tiny
 
         def scorer(role: str):  # each score model loaded once, at the first stage that scores
             if scorers[role] is not None and role not in self.loaded:
                 self.loaded[role] = Scorer(scorers[role].path, self.config.policy.template, self.config.policy.dtype)
             return self.loaded.get(role)
 
-        return score_samples(self.store, scorer, self.oracle(), gen_key, score_key)
-
-    def oracle(self):
-        """The tiny world's ground truth when a suite came from it (None otherwise)."""
-        path = self.data_dir / "oracle_prompts.json" if self.data_dir else None
-        if not path or not path.exists():
-            return None
-        from safebench.world import tiny
-
-        prompts = tiny.load_oracle_prompts(path)
-        return lambda prompt, response: tiny.oracle(prompts[prompt], response) if prompt in prompts else None
+        return score_samples(self.store, scorer, tiny.oracle_for(self.data_dir), gen_key, score_key)
 
     def judge(self) -> None:
         from safebench.stages import judge_stage, judge_summary

@@ -381,3 +381,13 @@ def write_world(out_dir: Path, seed: int, train_prompts: int, sft_per_prompt: in
 
 def load_oracle_prompts(path: Path) -> dict[str, Prompt]:
     return {text: Prompt(**fields) for text, fields in json.loads(Path(path).read_text()).items()}
+
+
+def oracle_for(data_dir: Path | None):
+    """`(prompt, response) -> oracle scores` for the world's prompts in a data stage's directory
+    (None for another prompt); None when the data did not come from the tiny world."""
+    path = Path(data_dir) / "oracle_prompts.json" if data_dir else None
+    if not path or not path.exists():
+        return None
+    prompts = load_oracle_prompts(path)
+    return lambda prompt, response: oracle(prompts[prompt], response) if prompt in prompts else None

@@ -42,6 +42,11 @@ class Pairwise(ChoiceProtocol):
     def variants(self) -> list[dict]:
         return [{"criterion": c} for c in CRITERIA]
 
+    def planned_requests(self, samples_per_method: int, methods: list[str], config) -> int:
+        """Every sample of each method but the baseline, per criterion, in both orders."""
+        others = len([m for m in methods if m != BASELINE_METHOD])
+        return samples_per_method * others * len(config.pairwise_criteria) * 2
+
     def requests(self, evaluations: list[dict], samples: dict[str, list[dict]], config) -> tuple[list[JudgeRequest], list[str]]:
         """Each evaluation against the SFT evaluation of its suite."""
         baselines = {ev["suite"]: ev for ev in evaluations if ev["method"] == BASELINE_METHOD}

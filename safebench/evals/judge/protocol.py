@@ -64,6 +64,11 @@ class JudgeProtocol:
         JudgeConfig, and notes on samples that could not be asked about."""
         raise NotImplementedError
 
+    def planned_requests(self, samples_per_method: int, methods: list[str], config) -> int:
+        """How many requests `requests` makes, before repeats, for this many samples of each method:
+        the dry run's count (safebench/plan.py), made before any sample exists."""
+        return samples_per_method * len(methods)
+
     def parse(self, answer: str | None) -> Parsed:
         raise NotImplementedError
 
