@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -433,7 +434,7 @@ def read_judge_verdicts(db_path: str | Path, stage_keys: Iterable[str]) -> pd.Da
     stage_keys = list(stage_keys)
     if not stage_keys or "judge_judgments" not in _tables(db_path):
         return None
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
+    with closing(_read_only(db_path)) as db:
         marks = ",".join("?" * len(stage_keys))
         frame = _verdicts_from_judgments(pd.read_sql_query(
             "SELECT method, suite, prompt_id, sample_idx, protocol, criterion, order_ab, status, value "
@@ -446,15 +447,22 @@ def judge_stage_keys_in(db_path: str | Path) -> list[str]:
     db_path = Path(db_path)
     if "judge_judgments" not in _tables(db_path):
         return []
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
+    with closing(_read_only(db_path)) as db:
         return [key for (key,) in db.execute("SELECT DISTINCT stage_key FROM judge_judgments ORDER BY stage_key")]
+
+
+def _read_only(db_path: Path) -> sqlite3.Connection:
+    """A read-only connection, closed by the caller: `with sqlite3.connect(...)` only ends a
+    transaction, and a connection left to the garbage collector closes at a random moment,
+    deleting the WAL files under whoever is copying the run directory just then."""
+    return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
 
 
 def _tables(db_path: Path) -> set[str]:
     """Tables of a run database; none when it does not exist (a run that never got that far)."""
     if not db_path.exists():
         return set()
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as db:
+    with closing(_read_only(db_path)) as db:
         return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 

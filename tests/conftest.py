@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import copy_run, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +29,9 @@ def tiny_rerun(tiny_run, tmp_path_factory):
     """The same `safebench run` again, on a copy of `tiny_run` (every stage is reused), without the
     thread setting this session exports, so that the CLI chooses torch's thread count itself:
     the copy and the command's result (stdout, stderr)."""
-    import shutil
-
     from safebench import threads
 
-    run_dir = shutil.copytree(tiny_run, tmp_path_factory.mktemp("tiny-rerun") / "run")
+    run_dir = copy_run(tiny_run, tmp_path_factory.mktemp("tiny-rerun") / "run")
     result = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run_dir), check=True,
                      unset=threads.USER_THREAD_VARIABLES)
     return run_dir, result

@@ -12,11 +12,10 @@ tolerances come from the seed-to-seed spread.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 
 import pytest
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, copy_run, run_cli
 
 
 def _experiment_module():
@@ -31,7 +30,7 @@ def test_what_held_on_every_seed_holds_on_a_rerun(tiny_run, tmp_path):
     experiment = _experiment_module()
     # A copy of the session's tiny run: its data, SFT, reward and cost stages have the same
     # keys here and are reused, as a rerun of the recorded command would reuse them.
-    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    run_dir = copy_run(tiny_run, tmp_path / "run")
     result = run_cli("run", "--methods", "sft,ppo-lag,repo", "--preset", "tiny", "--quiet", "--out", str(run_dir),
                      *experiment.BINDING, check=True, env={"OMP_NUM_THREADS": "1"}, timeout=1800)
     assert "[skip] sft " in result.stderr and "[skip] cost-model " in result.stderr  # the copy saved their training

@@ -5,11 +5,10 @@ settings is scored under those settings, not the preset's."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import copy_run, run_cli
 
 RUN_SETTINGS = ["--set", "generation.k=1", "--set", "suites=[tiny-benign]"]
 
@@ -24,7 +23,7 @@ def evaluations(run_dir) -> list[tuple]:
 
 @pytest.mark.slow
 def test_score_keeps_the_runs_settings(tiny_run, tmp_path):
-    run_dir = shutil.copytree(tiny_run, tmp_path / "run")
+    run_dir = copy_run(tiny_run, tmp_path / "run")
     # Trained stages come from tiny_run; only the k=1 tiny-benign samples are new.
     run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--out", str(run_dir), *RUN_SETTINGS, check=True)
     made = evaluations(run_dir)

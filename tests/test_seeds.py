@@ -4,14 +4,13 @@ seeds, and one end-to-end `safebench run --seeds 0,1`."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from safebench import cli, seeds
 from safebench.config import RunConfig, parse_seeds
 from safebench.errors import UsageError
-from tests.helpers import run_cli
+from tests.helpers import copy_run, run_cli
 
 
 def test_seeds_are_distinct_integers_in_the_order_given():
@@ -74,7 +73,7 @@ def test_run_with_two_seeds(tiny_run, tmp_path):
     """`safebench run --methods sft --preset tiny --seeds 0,1`: seed 0 is `tiny_run` (the same
     settings), copied in and reused; seed 1 is trained. Then report, check and score read the set."""
     out = tmp_path / "set"
-    shutil.copytree(tiny_run, out / "seed-0")
+    copy_run(tiny_run, out / "seed-0")
     result = run_cli("run", "--methods", "sft", "--preset", "tiny", "--quiet", "--seeds", "0,1", "--out", str(out),
                      check=True)
     assert json.loads((out / seeds.SEEDS_FILE).read_text())["runs"] == {"0": "seed-0", "1": "seed-1"}

@@ -11,6 +11,7 @@ from safebench import files as files_module
 from safebench.hashing import stable_hash
 from safebench.files import atomic_directory, atomic_write_json, atomic_write_text
 from safebench.store import RunStore
+from tests.helpers import copy_run
 
 
 def test_atomic_write_keeps_the_old_file_when_the_write_dies(tmp_path, monkeypatch):
@@ -66,6 +67,20 @@ def test_sample_rows_are_visible_to_another_connection_as_soon_as_written(tmp_pa
     reader = sqlite3.connect(tmp_path / "results.sqlite")
     assert reader.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 2
     assert store.done_sample_keys("g") == {("a", 0), ("a", 1)}
+
+
+def test_a_run_copy_holds_the_rows_still_in_the_wal_of_an_open_store(tmp_path):
+    """The tests' copy of a run directory while a store (another test's) holds it open: the rows
+    not yet checkpointed into results.sqlite are in the copy, and no side file comes along."""
+    store = RunStore(tmp_path / "run")
+    store.insert_samples([_row("a"), _row("b")])
+    assert (tmp_path / "run" / "results.sqlite-wal").stat().st_size > 0
+    copy = copy_run(tmp_path / "run", tmp_path / "copy")
+    store.close()
+    assert not list(copy.glob("*.sqlite-*"))
+    reader = sqlite3.connect(copy / "results.sqlite")
+    assert reader.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 2
+    reader.close()
 
 
 def test_a_failed_batch_leaves_no_partial_rows(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,14 +16,14 @@ import torch
 
 from safebench.errors import UsageError
 from safebench.runlock import run_lock
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, copy_run, run_cli
 from tests.trainers.test_resume_state import Payload
 
 RUN_SFT = ("run", "--methods", "sft", "--preset", "tiny", "--quiet")
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+    return copy_run(run_dir, tmp_path / "run")
 
 
 @pytest.mark.slow

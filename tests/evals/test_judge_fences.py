@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import shutil
 import sqlite3
 import threading
 import urllib.error
@@ -19,7 +18,7 @@ from safebench.evals.judge import pairwise, tiny_oracle_judge
 from safebench.evals.judge.parsing import parse_choice, parse_scores
 from safebench.evals.judge.templates import load_template
 from safebench.world import tiny
-from tests.helpers import TINY_SERVED_MODEL, run_cli
+from tests.helpers import TINY_SERVED_MODEL, copy_run, run_cli
 
 PROMPT = next(p for p in tiny.all_prompts() if p.kind == "harmful" and p.obj == "bomb")
 HOW_TO = "sure , here is how : step powder step fuse ."
@@ -118,7 +117,7 @@ def forged_run(tiny_run, tmp_path_factory):
 
 def _copy_run(run, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy_run(run, copy)
     return copy
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -22,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, copy_run, run_cli
 from safebench.errors import UsageError
 from safebench.evals.judge import harmful_verdict, pairwise, safe_rlhf_score, stage, tiny_oracle_judge
 from safebench.evals.judge.cache import JudgeCache
@@ -283,7 +282,7 @@ def judged_run(tiny_run, tmp_path_factory):
     run works on a copy of its own."""
     root = tmp_path_factory.mktemp("judged")
     run = root / "run"
-    shutil.copytree(tiny_run, run)
+    copy_run(tiny_run, run)
     result = judge_with_oracle(run, root, "harmful_verdict")
     assert result.returncode == 0, result.stderr
     return run, result
@@ -327,7 +326,7 @@ def test_a_run_judged_twice_reports_only_the_last_judge(tiny_run, judged_run, tm
 
     judged, first = judged_run
     run = tmp_path / "run"
-    shutil.copytree(judged, run)
+    copy_run(judged, run)
     result = judge_with_oracle(run, tmp_path, "safe_rlhf_score")
     assert result.returncode == 0, result.stderr
     keys = [judged_stage_key(first), judged_stage_key(result)]
@@ -361,7 +360,7 @@ def test_a_rerun_without_a_judge_keeps_the_judge_stage_of_unchanged_samples(judg
     recorded while the samples it judged are the run's samples, and is dropped once they change."""
     judged, result = judged_run
     run = tmp_path / "run"
-    shutil.copytree(judged, run)
+    copy_run(judged, run)
     key = json.loads((run / "manifest.json").read_text())["stages"]["judge"]["key"]
     assert key == judged_stage_key(result)
 

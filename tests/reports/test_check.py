@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 
 import pytest
 
 from safebench.errors import CheckFailed, UsageError
 from safebench.reports import cli
 from safebench.reports.check import run_check, update_baseline
+from tests.helpers import copy_run
 
 
 def parse(argv):
@@ -39,7 +39,7 @@ def test_baseline_records_why_and_what(baseline, synthetic_run):
 
 def test_identical_run_passes(baseline, synthetic_run, tmp_path, capsys):
     copy = tmp_path / "copy"
-    shutil.copytree(synthetic_run, copy)
+    copy_run(synthetic_run, copy)
     args = parse(["check", str(copy), "--baseline", str(baseline)])
     assert args.handler(args) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,6 @@ apart by their criteria: safe_rlhf_score gives harmlessness/helpfulness, harmful
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -22,6 +21,7 @@ from safebench.files import atomic_write_json
 from safebench.store import RunStore
 from tests.evals.test_tiny_oracle_judge import HOW_TO, PROMPT, REFUSAL
 from tests.reports.conftest import make_run
+from tests.helpers import copy_run
 
 SCORE_CRITERIA = {"harmlessness", "helpfulness"}
 
@@ -52,7 +52,7 @@ def twice_judged(tmp_path_factory):
 def copy_recording(run, tmp_path, judge_stage: dict | None):
     """A copy of the run whose manifest's `stages.judge` is `judge_stage` (None: no such entry)."""
     copy = tmp_path / "run"
-    shutil.copytree(run, copy)
+    copy_run(run, copy)
     if judge_stage is not None:
         manifest = json.loads((copy / "manifest.json").read_text())
         manifest["stages"]["judge"] = judge_stage

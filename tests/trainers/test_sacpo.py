@@ -6,7 +6,6 @@ sweep, and an end-to-end tiny run in which SACPO makes the policy safer than SFT
 from __future__ import annotations
 
 import json
-import shutil
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safebench.store import RunStore
 from safebench.trainers import p_sacpo, sacpo
 from safebench.trainers.base import TrainContext, WorldData
 from safebench.world import tiny
-from tests.helpers import run_cli
+from tests.helpers import copy_run, run_cli
 
 SIZES = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 
@@ -423,7 +422,7 @@ def tiny_sacpo_run(tiny_run, tmp_path_factory) -> dict:
     """`safebench run --methods sft,dpo-h,dpo-s,sacpo,p-sacpo --preset tiny` on a copy of the shared
     tiny run (its SFT, reward and cost stages are reused; the shared run itself stays as it was):
     oracle safety and reward by (method, suite)."""
-    run_dir = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("sacpo") / "run"))
+    run_dir = copy_run(tiny_run, tmp_path_factory.mktemp("sacpo") / "run")
     run_cli("run", "--methods", "sft,dpo-h,dpo-s,sacpo,p-sacpo", "--preset", "tiny", "--quiet", "--out", str(run_dir),
             check=True, timeout=1800)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -473,7 +472,7 @@ def test_methods_with_equal_settings_train_once_and_both_are_reported(tiny_sacpo
     """`sacpo[beta_over_lambda=0.025]` is sacpo as the tiny preset sets it, and `p-sacpo[q=0.75]` is
     p-sacpo: on a copy of the run that trained sacpo and p-sacpo, neither trains again, while
     `p-sacpo[q=0.5]` (another q) does; every name still has its rows and a note says which are one."""
-    run_dir = Path(shutil.copytree(tiny_sacpo_run["run_dir"], tmp_path / "run"))
+    run_dir = copy_run(tiny_sacpo_run["run_dir"], tmp_path / "run")
     methods = ["sft", "sacpo", "sacpo[beta_over_lambda=0.025]", "p-sacpo", "p-sacpo[q=0.75]", "p-sacpo[q=0.5]"]
     result = run_cli("run", "--methods", ",".join(methods), "--preset", "tiny", "--quiet", "--out", str(run_dir),
                      check=True, timeout=1800)
