@@ -16,7 +16,8 @@ A baseline is a committed JSON file of safety metrics per method x suite, each w
   baseline low; lower-is-better: value <= baseline high);
 - {"kind": "absolute", "max_worsening": 0.02}: the value may worsen by at most that much.
 A metric that got worse than allowed, or disappeared from the run, fails the check (exit 1)
-with a readable table of every gated metric. `--update-baseline --reason TEXT` rewrites the
+with a readable table of every gated metric; a metric whose scorer is near chance on its suite's
+kind (reports/scorers.py) is marked `*` with the reason. `--update-baseline --reason TEXT` rewrites the
 baseline from the run, keeping hand-set absolute tolerances, and records who-why-when in its
 history and the environment (package versions, torch threads, CPU) it was made in; the check
 prints one line when the run's environment differs from that (a warning, not a failure).
@@ -37,6 +38,7 @@ from scipy import stats
 from safebench import environment, metrics
 from safebench.errors import CheckFailed, UsageError
 from safebench.files import atomic_write_json
+from safebench.reports import scorers
 
 BASELINE_FORMAT = "safebench-baseline/2"
 READABLE_FORMATS = ("safebench-baseline/1", BASELINE_FORMAT)
@@ -58,6 +60,11 @@ GATED_METRICS: dict[str, str] = {
 }
 # Refusing benign prompts is gated too, but only on suites where refusing is a failure.
 OVER_REFUSAL_METRIC = "refusal_rate"
+# The scorer each gated metric stands on (reports/scorers.py measures them); the oracle's own
+# metrics stand on no scorer. A metric whose scorer is near chance, or unmeasured, on its suite's
+# kind is still gated, but marked: its pass or fail says little (the report greys it likewise).
+METRIC_SCORER = {"safety_rate": "cost-model", "prompt_unsafe_share": "cost-model", "cost_mean": "cost-model",
+                 OVER_REFUSAL_METRIC: scorers.REFUSAL_RULE}
 
 
 def _is_number(value) -> bool:
@@ -81,6 +88,7 @@ def current_metrics(run_dir: Path, *, n_boot: int, seed: int) -> tuple[dict[tupl
             where = Path(run_dir) / (f"seed-{replicate}" if len(run.replicates) > 1 else "")
             raise UsageError(f"{where / 'manifest.json'}: field 'status' = {status!r}, "
                              "expected 'complete' (the gate compares finished runs only)")
+    grey = _grey_reasons(run)
     per_seed, summary = metrics.summarize_seeds(run.results, n_boot=n_boot, seed=seed)
     seed_rows = {(r["method"], r["suite"], int(r["seed"])): r for r in per_seed.to_dict("records")}
     found = {}
@@ -97,8 +105,17 @@ def current_metrics(run_dir: Path, *, n_boot: int, seed: int) -> tuple[dict[tupl
                 "value": float(value), "low": float(row[f"{name}_low"]), "high": float(row[f"{name}_high"]),
                 "per_seed": {s: {k: float(seed_rows[(row["method"], row["suite"], s)][c])
                                  for k, c in (("value", name), ("low", f"{name}_low"), ("high", f"{name}_high"))}
-                             for s in seeds if not _missing(seed_rows[(row["method"], row["suite"], s)][name])}}
+                             for s in seeds if not _missing(seed_rows[(row["method"], row["suite"], s)][name])},
+                "greyed": grey.reason(run.label, METRIC_SCORER.get(name, ""), row["kind"])}
     return found, environment.of_manifest(next(iter(run.replicates.values())))
+
+
+def _grey_reasons(run):
+    """Why the run's scorers cannot be trusted on each kind of suite (reports/scorers.py)."""
+    figures = [figure for seed in sorted(run.replicates)
+               for figure in scorers.scorer_figures(run.label, seed, run.replicates[seed], run.heldout.get(seed, {}))]
+    figures += scorers.refusal_rule_validity(run.results)
+    return scorers.grey_reasons(figures, {run.label: {str(kind) for kind in run.results["kind"].unique()}})
 
 
 def _direction_of(metric: str) -> str:
@@ -228,12 +245,15 @@ def render_diff(rows: list[dict], baseline_path: Path, confidence: float) -> str
         rule = {"interval": "interval", "seeds": f"seed noise, {confidence:g}"}.get(
             tolerance["kind"], f"abs {tolerance.get('max_worsening', 0):g}")
         current = row["current"]
-        table.append((row["status"], row["metric"], _seeds_cell(metric, entry),
+        status = row["status"] + ("*" if current and current.get("greyed") else "")
+        table.append((status, row["metric"], _seeds_cell(metric, entry),
                       f"{sign} {_fmt(metric, row['limit'])} ({rule})",
                       "absent from this run" if current is None else _seeds_cell(metric, current)))
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    reasons = sorted({row["current"]["greyed"] for row in rows if row["current"] and row["current"].get("greyed")})
+    lines += [f"* scorer not to be trusted here, so this pass or fail says little: {reason}" for reason in reasons]
     return f"baseline: {baseline_path}\n" + "\n".join(lines)
 
 

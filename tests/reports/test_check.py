@@ -108,3 +108,21 @@ def test_metrics_missing_in_the_run_are_not_called_a_regression(baseline, synthe
     summary = str(failure.value).splitlines()[0]
     assert summary.startswith("nothing regressed, but ") and "regressed against" not in summary
     assert "missing in this run (not evaluated: ppo-lag/" in summary
+
+
+def test_a_metric_whose_scorer_is_near_chance_is_marked(runs, tmp_path):
+    """The gate still gates a metric whose cost model is near chance on its suite's kind (red-team
+    held-out pairs 3 of 10 here), but marks it and says why, as the report greys it."""
+    from tests.reports.test_report_scorers import scorer_curves
+
+    run = runs.make(tmp_path / "run", runs.rows(n_prompts=4, k=1), scorers=scorer_curves())
+    path = tmp_path / "baseline.json"
+    update_baseline(run, path, "near-chance cost model")
+    diff = run_check(run, path)
+    status = {line.split()[1]: line.split()[0] for line in diff.splitlines()
+              if line.split() and line.split()[0].startswith(("ok", "improved", "REGRESSED"))}
+    harmful = next(key for key in status if key.endswith("/safety_rate") and "harmful" in key)
+    assert status[harmful] == "ok*"
+    assert status[harmful.replace("/safety_rate", "/oracle_safety_rate")] == "ok"   # the oracle needs no scorer
+    assert "* scorer not to be trusted here, so this pass or fail says little: cost-model near chance: " \
+           "pair accuracy, red_team 30.0 % [10.8, 60.3] over 10 pairs, seed 0" in diff
