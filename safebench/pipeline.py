@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, data as data_module, environment, registry, seeds as seeds_module, threads, verify
+from safebench import __version__, backbones, data as data_module, environment, registry, seeds as seeds_module, threads, verify
 from safebench.config import RunConfig
 from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
@@ -90,6 +90,7 @@ class Pipeline:
                  shared_runs: list[Path] = ()):
         self.config = config
         self.recipes = recipes
+        self._backbone_identities: dict[str, dict] = {}
         self.run_dir = Path(run_dir)
         self.quiet = quiet
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -136,7 +137,16 @@ class Pipeline:
         is hashed by the stage it is trained as, so p-sacpo needing `sacpo[beta_over_lambda=0.025]`
         is the p-sacpo that needs `sacpo` while that variant is sacpo (its key is the same too)."""
         recipe = self.recipes[name].model_dump(mode="json")
-        return {"recipe": {**recipe, "needs": [self.config.trained_as(n) for n in recipe["needs"]]}, **key_material}
+        material = {"recipe": {**recipe, "needs": [self.config.trained_as(n) for n in recipe["needs"]]}, **key_material}
+        if recipe.get("backbone"):  # a score model's start other than SFT: its contents, not only its name
+            material["backbone"] = self.backbone_identity(recipe["backbone"])
+        return material
+
+    def backbone_identity(self, backbone: str) -> dict:
+        """backbones.identity, hashed once per run (planning asks for every key several times)."""
+        if backbone not in self._backbone_identities:
+            self._backbone_identities[backbone] = backbones.identity(backbone)
+        return self._backbone_identities[backbone]
 
     def method_inputs(self, name: str, upstream: dict, method_keys: dict[str, str]) -> dict:
         """A method's inputs: SFT, the score models, the run's common settings and the methods it needs."""

@@ -204,3 +204,30 @@ def test_a_bad_backbone_stops_the_run_at_its_config(tmp_path):
             config.resolve("tiny", ["sft"], overrides=[f"trainers.cost-model.backbone={value}"])
     _, recipes = config.resolve("tiny", ["sft"], overrides=["trainers.reward-model.backbone=owner/encoder"])
     assert recipes["reward-model"].backbone == "owner/encoder" and recipes["cost-model"].backbone is None
+
+
+def test_a_backbone_directory_retrained_in_place_is_another_score_model_stage(tmp_path):
+    """The stage key holds the backbone directory's file hashes, not only its path: new weights at
+    the same path train the score model again instead of reusing the old one."""
+    from safebench.config import RunConfig
+    from safebench.pipeline import Pipeline
+
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    (encoder / "model.safetensors").write_bytes(b"first weights")
+    recipe = score_model.Recipe(trainer="score_model", kind="cost", epochs=1, batch_size=4, micro_batch_size=4,
+                                lr=1e-2, max_length=64, backbone=str(encoder))
+
+    def key() -> str:
+        pipeline = Pipeline(RunConfig(preset="tiny", methods=["sft"]), {"cost-model": recipe}, tmp_path / "run",
+                            quiet=True, log=lambda message: None)
+        try:
+            return pipeline.stage_key("cost-model", pipeline.train_material("cost-model", {"sft": "k"}))
+        finally:
+            pipeline.store.close()
+
+    first = key()
+    assert key() == first
+    (encoder / "model.safetensors").write_bytes(b"retrained weights")
+    assert key() != first
