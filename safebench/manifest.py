@@ -33,6 +33,7 @@ class StageRecord(Record):
     key: str
     dir: str | None = None
     pretrained: str | None = None
+    revision: str | None = None   # the hub commit a pretrained score model was read at
 
 
 class MethodRecord(Record):

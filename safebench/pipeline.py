@@ -266,16 +266,23 @@ class Pipeline:
         return judge_failure(self.manifest.dump())
 
     def pretrained_scorer(self, name: str, pretrained: str) -> tuple[str, Path]:
-        """A published reward/cost model used as is; local files are pinned by their sha256."""
+        """A published reward/cost model used as is. Local files are pinned by their sha256; a hub
+        model by the commit its snapshot was read at (a new upstream commit is another scorer, so the
+        methods trained against it are keyed anew)."""
+        from safebench import assets
+
         local = Path(pretrained)
         identity = {"pretrained": pretrained}
         if local.exists():
             identity["sha256"] = sha256_dir(local)
             self.manifest.assets.update({f"{name}/{k}": v for k, v in identity["sha256"].items()})
+        else:
+            local = assets.hub_snapshot(pretrained, None, None, where=f"trainers.{name}.pretrained")
+            identity["revision"] = local.name  # the HF cache names a snapshot folder by its commit
         key = stable_hash({"stage": name, **identity})
-        self.runner.record(name, StageRecord(key=key, pretrained=pretrained))
-        self.log(f"[use ] {name}: {pretrained}")
-        return key, local if local.exists() else Path(pretrained)
+        self.runner.record(name, StageRecord(key=key, pretrained=pretrained, revision=identity.get("revision")))
+        self.log(f"[use ] {name}: {pretrained}" + (f" at {identity['revision']}" if "revision" in identity else ""))
+        return key, local
 
     def method_order(self) -> list[str]:
         """Requested methods after the methods they need and the stage they are trained as."""

@@ -231,3 +231,36 @@ def test_a_backbone_directory_retrained_in_place_is_another_score_model_stage(tm
     assert key() == first
     (encoder / "model.safetensors").write_bytes(b"retrained weights")
     assert key() != first
+
+
+def test_a_pretrained_hub_score_model_is_pinned_by_its_commit(tmp_path, monkeypatch):
+    """A published cost model named by hub id is read from its snapshot; the manifest records the
+    commit, and the key changes when the hub's main moves to another commit."""
+    import huggingface_hub.constants
+
+    from safebench.config import RunConfig
+    from safebench.pipeline import Pipeline
+    from tests.beaver_standin import hub_cache_standin, write_beaver_score_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = write_beaver_score_model(tmp_path / "beaver", bias=1.0)
+    repo_id = "PKU-Alignment/beaver-7b-v1.0-cost"
+
+    def use() -> tuple[str, Path, dict]:
+        pipeline = Pipeline(RunConfig(preset="tiny", methods=["sft"]), {}, tmp_path / "run", quiet=True,
+                            log=lambda message: None)
+        try:
+            key, folder = pipeline.pretrained_scorer("cost-model", repo_id)
+            return key, folder, pipeline.manifest.stages["cost-model"].model_dump()
+        finally:
+            pipeline.store.close()
+
+    first = hub_cache_standin(tmp_path / "hf", repo_id, "main", model)
+    key, folder, record = use()
+    assert folder == first and (folder / "config.json").is_file()
+    assert record["pretrained"] == repo_id and record["revision"] == first.name and len(first.name) == 40
+    moved = hub_cache_standin(tmp_path / "hf", repo_id, "v2", model)  # another commit, then main points at it
+    (first.parents[1] / "refs" / "main").write_text(moved.name)
+    key2, folder2, record2 = use()
+    assert (folder2, record2["revision"]) == (moved, moved.name) and key2 != key
