@@ -254,8 +254,9 @@ def _curve_callback(ctx: TrainContext, step_name: str):
 
 
 def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenizer, output_dir: Path):
-    """A TRL trainer for one step. The reference is the model as loaded, before training (its
-    log-probs are precomputed, so no second copy stays in memory)."""
+    """A TRL trainer for one step. The reference is the model as loaded, before training: its
+    log-probs are precomputed, so no second copy stays in memory; with LoRA it is the model with its
+    adapters off, read for each batch as it trains, so a fraction of an epoch reads only its pairs."""
     import torch
 
     from trl import DPOConfig, KTOConfig
@@ -267,7 +268,7 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
         gradient_accumulation_steps=step["batch_size"] // recipe.micro_batch_size,
         learning_rate=step["lr"], lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
-        precompute_ref_log_probs=True, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
+        precompute_ref_log_probs=recipe.lora_rank == 0, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
         logging_steps=1, save_strategy="steps", save_steps=recipe.checkpoint_every, save_total_limit=1,
         report_to="none", seed=ctx.seed, data_seed=ctx.seed, disable_tqdm=ctx.quiet,
         use_cpu=not torch.cuda.is_available(), bf16=ctx.dtype == "bfloat16", dataloader_num_workers=0,
