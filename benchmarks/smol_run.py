@@ -10,10 +10,11 @@ the end), so model loading counts with the stage that loads. The thread count is
 (safebench/threads.py), as a user's run would.
 
 On a shared machine wall time measures the other work as much as this run, so every stage also
-gets its CPU time and the load average beside it. The quiet-machine estimate is a range, not a
-measurement: a stage that keeps both cores busy takes CPU/2 seconds, one that runs on one core
-takes CPU seconds; contention also inflates CPU time a little (cache sharing, threads waiting),
-so the range leans high.
+gets its CPU time and the load average beside it. `quiet_estimate_s` = [CPU/cores, CPU] is a
+range, not a measurement: a stage that keeps every core busy takes CPU/cores seconds, one that
+runs on one core CPU seconds. On contended cores OpenMP's waiting threads spin and count as CPU
+time, so there the range can sit far above a quiet run (reports/results/smol.md); a stage run at a
+load average near this run's own thread count is the better guide.
 """
 
 from __future__ import annotations
