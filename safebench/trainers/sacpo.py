@@ -88,6 +88,14 @@ class Recipe(RecipeBase):
     max_prompt_length: int = Field(128, ge=1)         # prompts keep their last tokens (the template's end)
     max_length: int = Field(512, ge=8)
     checkpoint_every: int = Field(50, ge=1)           # optimizer steps between resumable trainer saves
+    # (choice) cheaper steps for small machines; line/sacpo fine-tunes every weight, so both default off.
+    # lora_rank > 0: LoRA adapters on a frozen base in policy.dtype, merged into the weights when a step ends
+    lora_rank: int = Field(0, ge=0)
+    lora_alpha: float = Field(16, gt=0)
+    lora_target_modules: str | list[str] = "all-linear"
+    # only the top N transformer layers train (with LoRA: only they get adapters), so the backward pass
+    # stops there; None: every layer
+    train_layers: int | None = Field(None, ge=1)
 
     @field_validator("micro_batch_size")
     @classmethod
@@ -246,8 +254,9 @@ def _curve_callback(ctx: TrainContext, step_name: str):
 
 
 def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenizer, output_dir: Path):
-    """A TRL trainer for one step. The reference is the model as loaded, before training (its
-    log-probs are precomputed, so no second copy stays in memory)."""
+    """A TRL trainer for one step. The reference is the model as loaded, before training: its
+    log-probs are precomputed, so no second copy stays in memory; with LoRA it is the model with its
+    adapters off, read for each batch as it trains, so a fraction of an epoch reads only its pairs."""
     import torch
 
     from trl import DPOConfig, KTOConfig
@@ -259,7 +268,7 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
         gradient_accumulation_steps=step["batch_size"] // recipe.micro_batch_size,
         learning_rate=step["lr"], lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
-        precompute_ref_log_probs=True, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
+        precompute_ref_log_probs=recipe.lora_rank == 0, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
         logging_steps=1, save_strategy="steps", save_steps=recipe.checkpoint_every, save_total_limit=1,
         report_to="none", seed=ctx.seed, data_seed=ctx.seed, disable_tqdm=ctx.quiet,
         use_cpu=not torch.cuda.is_available(), bf16=ctx.dtype == "bfloat16", dataloader_num_workers=0,
@@ -280,6 +289,37 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
                    callbacks=callbacks)
 
 
+def trainable_model(start_dir: Path, recipe: Recipe, dtype: str):
+    """The policy to align, with only what the recipe trains left trainable, as float32 master weights.
+
+    Full fine-tuning loads it in float32: bf16 runs as mixed precision (fp32 master weights, bf16
+    autocast), like every trainer here; the published scripts trained the bf16-loaded model itself
+    (docs/fidelity.md). With LoRA the frozen base stays in `dtype` and only the adapters are float32."""
+    import torch
+
+    from safebench.trainers.score_model import freeze_below
+
+    if recipe.lora_rank == 0:
+        model = modeling.load_policy(start_dir, "float32")
+        if recipe.train_layers is not None:
+            freeze_below(model, recipe.train_layers)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    model = modeling.load_policy(start_dir, dtype)
+    targets, top = recipe.lora_target_modules, None
+    if recipe.train_layers is not None:
+        freeze_below(model, recipe.train_layers)  # checks the layer count
+        layers = model.base_model.layers
+        top = list(range(len(layers) - recipe.train_layers, len(layers)))
+        if isinstance(targets, str):  # peft limits layers only for named modules: every linear one of a layer
+            targets = sorted({name.rsplit(".", 1)[-1] for name, module in layers[-1].named_modules()
+                              if isinstance(module, torch.nn.Linear)})
+    config = LoraConfig(r=recipe.lora_rank, lora_alpha=recipe.lora_alpha, target_modules=targets,
+                        layers_to_transform=top, task_type="CAUSAL_LM")
+    return modeling.trainable_in_float32(get_peft_model(model, config))
+
+
 def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out_dir: Path) -> None:
     """Align the model in `start_dir` (which is also the step's reference) and save it to `out_dir`."""
     import torch
@@ -287,9 +327,7 @@ def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out
     from transformers.trainer_utils import get_last_checkpoint
 
     tokenizer = modeling.load_tokenizer(start_dir)
-    # bf16 runs as mixed precision (fp32 master weights, bf16 autocast), like every trainer here; the
-    # published scripts trained the bf16-loaded model itself (docs/fidelity.md)
-    model = modeling.load_policy(start_dir, "float32")
+    model = trainable_model(start_dir, recipe, ctx.dtype)
     trainer_dir = ctx.work_dir / "trainer" / step["name"]
     trainer_dir.mkdir(parents=True, exist_ok=True)
     trainer = build_trainer(ctx, recipe, step, model, tokenizer, trainer_dir)
@@ -300,6 +338,8 @@ def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out
     resume = get_last_checkpoint(str(trainer_dir))
     trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: the step's output is an ordinary checkpoint
+        model = model.merge_and_unload()
     model.eval()
     if ctx.dtype == "bfloat16":
         model = model.to(torch.bfloat16)

@@ -285,6 +285,30 @@ def test_merge_refuses_models_of_different_shapes():
         p_sacpo.merge_state_dicts({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2)}, 0.5)
 
 
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_train_layers_leaves_the_lower_layers_as_sft_left_them(tmp_path, lora_rank):
+    """train_layers (full fine-tuning or LoRA) trains the top layer only; a LoRA step is saved merged,
+    as an ordinary checkpoint that P-SACPO can average."""
+    two_layers = tiny.make_tiny_policy_checkpoint(tmp_path / "policy", seed=3, **{**SIZES, "num_layers": 2})
+    recipe = _recipe(lora_rank=lora_rank, train_layers=1)
+    trainable = [n for n, p in sacpo.trainable_model(two_layers, recipe, "float32").named_parameters() if p.requires_grad]
+    assert trainable and not [n for n in trainable if "layers.0." in n or "embed" in n]
+    assert any("layers.1." in n for n in trainable)
+    assert all("lora_" in n for n in trainable) == bool(lora_rank)
+    ctx = _context(tmp_path, two_layers, _records(8))
+    sacpo.train(ctx, recipe)
+    sft, final = load_file(two_layers / "model.safetensors"), load_file(ctx.out_dir / "model.safetensors")
+    assert final.keys() == sft.keys()
+    lower = [k for k in sft if "layers.0." in k or "embed" in k]
+    assert lower and all(torch.equal(final[k], sft[k]) for k in lower)
+    assert any(not torch.equal(final[k], sft[k]) for k in sft if "layers.1." in k)
+
+
+def test_train_layers_beyond_the_model_is_a_usage_error(tmp_path, policy_dir):
+    with pytest.raises(UsageError, match="train_layers = 5: the model has only 1 layers"):
+        sacpo.trainable_model(policy_dir, _recipe(lora_rank=2, train_layers=5), "float32")
+
+
 # --- recipes and sweeps ------------------------------------------------------------------------
 
 def test_published_defaults_and_tiny_preset():
@@ -295,6 +319,20 @@ def test_published_defaults_and_tiny_preset():
     published = sacpo.Recipe(trainer="sacpo")
     assert (published.epochs, published.lr, published.warmup_ratio, published.scheduler) == (3, 2e-5, 0.03, "cosine")
     assert (published.max_prompt_length, published.max_length) == (128, 512)
+
+
+def test_smol_preset_runs_every_method_and_p_sacpo_merges_its_sacpo_stage(tmp_path, capsys):
+    from safebench.cli import main
+
+    assert main(["run", "--preset", "smol", "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    planned = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()}
+    assert {"sft", "reward-model", "cost-model", "ppo-lag", "repo", "sacpo", "p-sacpo"} <= planned
+    config, recipes = config_module.resolve("smol")
+    assert config.methods == ["sft", "ppo-lag", "repo", "sacpo", "p-sacpo"]
+    assert config.trained_as("sacpo[beta_over_lambda=0.01]") == "sacpo"  # one SACPO run serves both rows
+    assert recipes["sacpo"].lora_rank > 0 and recipes["ppo-lag"].lora_rank > 0
+    published = sacpo.Recipe(trainer="sacpo")
+    assert (published.lora_rank, published.train_layers) == (0, None)
 
 
 def test_p_sacpo_merges_the_models_the_paper_merges():
