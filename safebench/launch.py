@@ -143,3 +143,9 @@ def read_curves(directory: Path) -> dict[int, dict[str, float]]:
                 continue
             curves[int(entry["step"])] = entry["metrics"]
     return curves
+
+
+def clear(directory: Path) -> None:
+    """Remove the spec and curves of a launch whose curves are recorded."""
+    for name in (SPEC, CURVES):
+        (directory / name).unlink(missing_ok=True)

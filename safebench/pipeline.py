@@ -196,6 +196,7 @@ class Pipeline:
         self.launcher.run(launch.write_spec(work_dir, spec), self.log)
         for step, metrics in sorted(launch.read_curves(work_dir).items()):
             self.store.log_curve(stage_key, name, step, metrics)
+        launch.clear(work_dir)
 
     # --- the graph ---------------------------------------------------------------------------
     def run(self) -> Manifest:
