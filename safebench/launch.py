@@ -45,6 +45,10 @@ class Launcher:
     num_processes: int | None
 
     def command(self, spec: Path) -> list[str]:
+        return self.accelerate_command() + ["-m", "safebench.trainers.launch_stage", str(spec)]
+
+    def accelerate_command(self) -> list[str]:
+        """`accelerate launch` with this launcher's options, before the program to run."""
         command = [sys.executable, "-m", "accelerate.commands.launch"]
         if self.config_file is not None:
             command += ["--config_file", str(self.config_file)]
@@ -55,7 +59,7 @@ class Launcher:
         if self.single_machine():
             # a free port of this machine: two runs (or a test beside a run) must not meet on 29500
             command += ["--main_process_port", str(_free_port())]
-        return command + ["-m", "safebench.trainers.launch_stage", str(spec)]
+        return command
 
     def single_machine(self) -> bool:
         if self.config_file is None:

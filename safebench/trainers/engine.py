@@ -168,15 +168,16 @@ def load_full_state(accelerator: Accelerator, model: torch.nn.Module, model_stat
         if optimizer is not None:
             optimizer.load_state_dict(optimizer_state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     main = accelerator.is_main_process
-    if optimizer is None:
-        set_model_state_dict(model, model_state if main else {}, options=options)
-    else:
-        set_state_dict(model, optimizer, model_state_dict=model_state if main else {},
-                       optim_state_dict=optimizer_state if main else {}, options=options)
+    # apart, not through set_state_dict: that one treats an empty model state (every process but
+    # the main one) as "optimizer only", and the processes would wait in different collectives
+    set_model_state_dict(model, model_state if main else {}, options=options)
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, optimizer_state if main else {}, options=options)
 
 
 def save_pretrained(accelerator: Accelerator, model: torch.nn.Module, tokenizer, out_dir: Path,

@@ -584,6 +584,10 @@ class PPOTrainer:
                 ("cost_critic", self.cost_critic, self.cost_critic_optimizer))
 
     def save_state(self, state_dir: Path, iteration: int) -> None:
+        from accelerate.utils import gather_object
+
+        # each process's own: a Lagrangian keeps the costs of its own rollouts (Safe RLHF)
+        methods = gather_object([self.method.state_dict()])
         models, optimizers = {}, {}
         for name, model, optimizer in self._trained():
             if self.sharded:  # every process takes part in gathering the shards
@@ -596,7 +600,7 @@ class PPOTrainer:
                 resume_state.write_state(tmp, {
                     "iteration": iteration, "global_step": self.global_step, "models": models,
                     "optimizers": optimizers, "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-                    "method": self.method.state_dict(),
+                    "methods": methods,
                 })
                 atomic_write_json(tmp / "iteration.json", {"iteration": iteration})
         self.accelerator.wait_for_everyone()
@@ -615,7 +619,10 @@ class PPOTrainer:
                     optimizer.load_state_dict(state["optimizers"][name])
             for key, scheduler in self.schedulers.items():
                 scheduler.load_state_dict(state["schedulers"][key])
-            self.method.load_state_dict(state["method"])
+            methods = state["methods"]
+            if len(methods) != self.accelerator.num_processes:
+                raise ValueError(f"saved by {len(methods)} process(es), resumed by {self.accelerator.num_processes}")
+            self.method.load_state_dict(methods[self.accelerator.process_index])
             self.global_step = state["global_step"]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return int(state["iteration"])
