@@ -34,6 +34,7 @@ from safebench.errors import UsageError
 
 SPEC = "launch-spec.json"
 CURVES = "curves.jsonl"
+ERROR = "error.txt"  # a launched stage's one-line UsageError
 DISTRIBUTED_TYPES = ("FSDP", "MULTI_GPU", "MULTI_CPU", "NO")
 
 
@@ -69,8 +70,11 @@ class Launcher:
     def run(self, spec: Path, log) -> None:
         """Launch the stage described by `spec`; a UsageError when a process fails."""
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        (spec.parent / ERROR).unlink(missing_ok=True)
         result = subprocess.run(self.command(spec), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
+        if (spec.parent / ERROR).exists():
+            raise UsageError((spec.parent / ERROR).read_text())
         if result.returncode != 0:
             log(result.stdout[-4000:])
             raise UsageError(f"{spec.parent}: the launched training stage failed (exit {result.returncode}; its "
@@ -151,5 +155,5 @@ def read_curves(directory: Path) -> dict[int, dict[str, float]]:
 
 def clear(directory: Path) -> None:
     """Remove the spec and curves of a launch whose curves are recorded."""
-    for name in (SPEC, CURVES):
+    for name in (SPEC, CURVES, ERROR):
         (directory / name).unlink(missing_ok=True)

@@ -164,7 +164,7 @@ class Pipeline:
 
         def build(directory: Path) -> dict:
             with atomic_directory(directory / "model") as tmp:
-                if self.launcher is not None:
+                if self.launcher is not None and getattr(module, "LAUNCHED", True):
                     self.launch_stage(name, material, recipe, tmp, directory / "work", ctx_kwargs)
                 else:
                     ctx = TrainContext(

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from safebench import data as data_module, launch, registry
+from safebench.errors import UsageError
 from safebench.trainers.base import TrainContext
 
 
@@ -50,6 +51,9 @@ def main(spec_path: Path) -> None:
     ctx = context(spec, spec_path.parent)
     try:
         module.train(ctx, recipe)
+    except UsageError as exc:  # the pipeline repeats it as its own one-line error
+        (spec_path.parent / launch.ERROR).write_text(str(exc))
+        raise SystemExit(2) from None
     finally:
         ctx.close()
 
