@@ -84,7 +84,11 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
 
 
 def sharded(accelerator: Accelerator) -> bool:
-    return _SHARDING is not None and accelerator.num_processes > 1
+    """Whether this stage's models are sharded: FSDP launched, in a process group (of any size: one
+    GPU runs the engine's code path alone, benchmarks/gpu_check.sh)."""
+    import torch.distributed as dist
+
+    return _SHARDING is not None and dist.is_available() and dist.is_initialized()
 
 
 def shard(accelerator: Accelerator, model: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
