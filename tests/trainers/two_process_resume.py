@@ -31,20 +31,19 @@ def main(models: Path, out: Path) -> None:
         sft.train(ctx, sft.Recipe(trainer="sft", epochs=1, batch_size=4, micro_batch_size=2, max_length=48,
                                   checkpoint_every=2))
         seen[f"sft-{run}"] = [step for step, _ in ctx.curves]
+    original = ppo.PPOTrainer.save_policy
+
+    def keep(trainer, out_dir):
+        seen["sharded"] = trainer.sharded and all(
+            isinstance(p, torch.distributed.tensor.DTensor) for p in trainer.actor.parameters())
+        original(trainer, out_dir)
+
+    ppo.PPOTrainer.save_policy = keep
     for run in ("straight", "resumed"):
         ctx = ppo_fixtures.make_context(paths, out / "ppo", n_prompts=16)
         ctx.out_dir = out / f"ppo-{run}"
-        original = ppo.PPOTrainer.save_policy
-
-        def keep(trainer, out_dir):
-            seen["sharded"] = trainer.sharded and all(
-                isinstance(p, torch.distributed.tensor.DTensor) for p in trainer.actor.parameters())
-            original(trainer, out_dir)
-
-        ppo.PPOTrainer.save_policy = keep
         recipe = ppo_lag.Recipe(trainer="ppo_lag", **{**ppo_fixtures.TINY_RECIPE, "micro_batch_size": 2})
         ppo_lag.train(ctx, recipe)
-        ppo.PPOTrainer.save_policy = original
         seen[f"ppo-{run}"] = [step for step, _ in ctx.curves]
     seen["processes"] = torch.distributed.get_world_size()
     seen["engine_sharded"] = engine._SHARDING is not None
