@@ -3,7 +3,8 @@
 # after the vLLM bundle's parts are unpacked (benchmarks/gpu/run_on_device.sh puts the site in
 # /tmp/site), from the repository root:   bash benchmarks/gpu_check.sh
 # 1. the dry run's PPO memory against CUDA's peak (one PPO-Lag iteration at smol's shape, bf16);
-# 2. the paper preset on stand-ins (scripts/build_offline_hub.py) through its launch file
+# 2. the paper preset on stand-ins (scripts/build_offline_hub.py) through its launch file, PPO-Lag
+#    rolling out with vLLM when it imports (the gathered actor pushed each iteration),
 #    (trainers/launch/paper.yaml, FSDP2): every training stage launched with --num-processes 1 on
 #    the GPU (NCCL; one GPU, so one process: the engine's sharding, gathering and saving code on
 #    CUDA), then CI's two-process rehearsal (tests/test_offline_paper.py) on CPU processes (gloo);
@@ -19,10 +20,12 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader | tee
 timeout 240 python3 benchmarks/plan_memory.py --gpu --cases smol-ppo-lag,tiny-ppo-lag \
     --out "$OUT/plan_memory_gpu.json" 2>&1 | tee -a "$OUT/log.txt"
 timeout 60 python3 scripts/build_offline_hub.py "$OUT/hf" --rows 16 2>&1 | tail -2 | tee -a "$OUT/log.txt"
+# PPO's rollouts from vLLM, the sharded actor's gathered weights pushed into it each iteration
+python3 -c "import vllm" 2>/dev/null && VLLM_SET="--set trainers.ppo-lag.rollout_backend=vllm"
 SETS=$(python3 -c "from tests.test_offline_paper import OVERRIDES; print(' '.join('--set ' + o for o in OVERRIDES))")
 # shellcheck disable=SC2086  # one word per --set and value
 HF_HOME="$OUT/hf" timeout 300 python3 -m safebench.cli run --preset paper --methods sft,ppo-lag,sacpo --quiet \
-    --out "$OUT/paper-gpu" --num-processes 1 $SETS 2>&1 | tail -8 | tee -a "$OUT/log.txt"
+    --out "$OUT/paper-gpu" --num-processes 1 $SETS ${VLLM_SET:-} 2>&1 | tail -8 | tee -a "$OUT/log.txt"
 timeout 60 python3 -c "
 import json, sys; from pathlib import Path; from transformers import AutoModelForCausalLM
 run = Path(sys.argv[1]); manifest = json.loads((run / 'manifest.json').read_text())

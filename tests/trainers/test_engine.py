@@ -26,7 +26,7 @@ def checkpoints(tmp_path_factory):
 def test_sharded_stages_resume_to_the_weights_of_an_uninterrupted_run(checkpoints, tmp_path):
     """SFT and PPO-Lag sharded over two processes: a run started again from the state saved half-way
     trains only the steps after it and ends where the straight run ended; the checkpoints are
-    ordinary from_pretrained directories."""
+    ordinary from_pretrained directories, and the weights a vLLM rollout engine is pushed are whole."""
     models = Path(checkpoints["policy"]).parent
     script = Path(__file__).with_name("two_process_resume.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -44,6 +44,10 @@ def test_sharded_stages_resume_to_the_weights_of_an_uninterrupted_run(checkpoint
         assert straight.keys() == resumed.keys()
         for key in straight:
             torch.testing.assert_close(resumed[key], straight[key], rtol=1e-5, atol=1e-6, msg=key)
+        if name == "ppo":  # each process gathers the whole actor to push into its own vLLM engine
+            assert first["pushed_plain"] and second["pushed_plain"]
+            assert first["pushed"] == second["pushed"]
+            assert first["pushed"] == pytest.approx({k: float(v.double().sum()) for k, v in resumed.items()})
         config = json.loads((tmp_path / f"{name}-straight" / "config.json").read_text())
         assert config["architectures"] == ["LlamaForCausalLM"]   # not FSDP2's wrapper class
 

@@ -16,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from safebench.evals.backends import vllm  # noqa: E402
 from safebench.trainers import engine, ppo, ppo_lag, sft  # noqa: E402
 from tests.trainers import ppo_fixtures  # noqa: E402
 
@@ -36,6 +37,10 @@ def main(models: Path, out: Path) -> None:
     def keep(trainer, out_dir):
         seen["sharded"] = trainer.sharded and all(
             isinstance(p, torch.distributed.tensor.DTensor) for p in trainer.actor.parameters())
+        # what the vLLM rollout engine of each process would be pushed: the whole actor
+        pushed = vllm._full_state_dict(trainer.actor)
+        seen["pushed"] = {name: float(t.double().sum()) for name, t in pushed.items()}
+        seen["pushed_plain"] = all(type(t) is torch.Tensor for t in pushed.values())   # not DTensor shards
         original(trainer, out_dir)
 
     ppo.PPOTrainer.save_policy = keep
