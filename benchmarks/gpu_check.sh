@@ -3,11 +3,11 @@
 # after the vLLM bundle's parts are unpacked (benchmarks/gpu/run_on_device.sh puts the site in
 # /tmp/site), from the repository root:   bash benchmarks/gpu_check.sh
 # 1. the dry run's PPO memory against CUDA's peak (one PPO-Lag iteration at smol's shape, bf16);
-# 2. the paper preset on stand-ins (scripts/build_offline_hub.py) through its launch file, PPO-Lag
-#    rolling out with vLLM when it imports (the gathered actor pushed each iteration),
+# 2. the paper preset on stand-ins (scripts/build_offline_hub.py) through its launch file
 #    (trainers/launch/paper.yaml, FSDP2): every training stage launched with --num-processes 1 on
 #    the GPU (NCCL; one GPU, so one process: the engine's sharding, gathering and saving code on
-#    CUDA), then CI's two-process rehearsal (tests/test_offline_paper.py) on CPU processes (gloo);
+#    CUDA), PPO-Lag rolling out with vLLM when it imports (the gathered actor pushed each
+#    iteration); then CI's two-process rehearsal and resume test on CPU processes (gloo);
 # 3. the pending generation benchmark (vLLM >= 5x HF at batch 32), if vLLM imports.
 # Results under $OUT (plan_memory_gpu.json, log.txt, generation-gpu.json). Not yet run on a GPU.
 set -u
