@@ -72,3 +72,12 @@ def test_the_paper_launch_file_is_an_accelerate_config_and_the_plan_reads_it():
     assert (launch.processes, launch.sharding, launch.offload) == (config.num_processes, "fsdp", False)
     assert config.fsdp_config["fsdp_version"] == 2
     assert config.mixed_precision == "bf16" and launch.checkpointing
+
+
+def test_num_processes_overrides_the_launch_files_count(capsys):
+    path = plan.launch_path("paper")
+    assert main(["run", "--preset", "tiny", "--methods", "sft", "--dry-run", "--launch", str(path),
+                 "--num-processes", "2", "--device", "cpu"]) == 0
+    assert "2 x cpu" in capsys.readouterr().out
+    assert main(["run", "--preset", "tiny", "--dry-run", "--num-processes", "0"]) == 2
+    assert "--num-processes 0" in capsys.readouterr().err
