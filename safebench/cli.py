@@ -73,6 +73,13 @@ def choose_threads(config) -> None:
     threads.configure(threads.policy_parameters(config.policy))
 
 
+def stage_launcher(args):
+    """How `safebench run` starts its training stages (safebench/launch.py); None: in this process."""
+    from safebench import launch, plan
+
+    return launch.launcher(args.launch, args.num_processes, plan.launch_path(args.preset))
+
+
 def cmd_run(args) -> int:
     from safebench import config as config_module, seeds as seeds_module
     from safebench import pipeline as pipeline_module
@@ -87,18 +94,21 @@ def cmd_run(args) -> int:
                              "or use a preset with a judge block)")
         overrides += judge_overrides(args)
         config, recipes = config_module.resolve(args.preset, args.methods, overrides)
-    if args.dry_run or args.launch or args.device:
+    if args.dry_run or args.device:
         from safebench import plan
 
         return plan.dry_run(args, config, recipes)
+    launcher = stage_launcher(args)
     choose_threads(config)
     out = args.out or Path("runs") / config_module.preset_label(args.preset)
     if seeds is None:
         seeds_module.refuse_mixed(out, seeded=False)
         runs = [run_pipeline(config, recipes, out, quiet=args.quiet,
-                             request=config_module.request_record(args.preset, args.methods, overrides))]
+                             request=config_module.request_record(args.preset, args.methods, overrides),
+                             launcher=launcher)]
     else:
-        runs = pipeline_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet)
+        runs = pipeline_module.run_seeds(args.preset, args.methods, overrides, seeds, out, quiet=args.quiet,
+                                         launcher=launcher)
     summary = (out / "summary.md").read_text()
     print(summary)
     executed, skipped = sum(len(r.executed) for r in runs), sum(len(r.skipped) for r in runs)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from safebench import __version__, backbones, data as data_module, environment, registry, seeds as seeds_module, threads, verify
+from safebench import (__version__, backbones, data as data_module, environment, launch, registry, seeds as seeds_module,
+                       threads, verify)
 from safebench.config import RunConfig
 from safebench.errors import EndpointFailed, UsageError
 from safebench.evals import suites as suites_module
@@ -87,8 +88,9 @@ class PipelineRun:
 class Pipeline:
     def __init__(self, config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
                  log: Callable[[str], None] | None = None, request: dict | None = None,
-                 shared_runs: list[Path] = ()):
+                 shared_runs: list[Path] = (), launcher: launch.Launcher | None = None):
         self.config = config
+        self.launcher = launcher  # None: training stages run in this process
         self.recipes = recipes
         self._backbone_identities: dict[str, dict] = {}
         self.run_dir = Path(run_dir)
@@ -172,19 +174,39 @@ class Pipeline:
 
         def build(directory: Path) -> dict:
             with atomic_directory(directory / "model") as tmp:
-                ctx = TrainContext(
-                    name=name, stage_key=self.stage_key(name, material), out_dir=tmp,
-                    work_dir=directory / "work", seed=self.config.seed, data=self.world_data,
-                    template=self.config.policy.template, dtype=self.config.policy.dtype,
-                    store=self.store, run_config=self.config, quiet=self.quiet, oracle=self.oracle(), **ctx_kwargs,
-                )
-                try:
-                    module.train(ctx, recipe)
-                finally:
-                    ctx.close()
+                if self.launcher is not None and getattr(module, "LAUNCHED", True):
+                    self.launch_stage(name, material, recipe, tmp, directory / "work", ctx_kwargs)
+                else:
+                    ctx = TrainContext(
+                        name=name, stage_key=self.stage_key(name, material), out_dir=tmp,
+                        work_dir=directory / "work", seed=self.config.seed, data=self.world_data,
+                        template=self.config.policy.template, dtype=self.config.policy.dtype,
+                        store=self.store, run_config=self.config, quiet=self.quiet, oracle=self.oracle(),
+                        **ctx_kwargs,
+                    )
+                    try:
+                        module.train(ctx, recipe)
+                    finally:
+                        ctx.close()
             return {"sha256": sha256_dir(directory / "model")}
 
         return self.stage(name, material, build)
+
+    def launch_stage(self, name: str, material: dict, recipe, out_dir: Path, work_dir: Path,
+                     ctx_kwargs: dict) -> None:
+        """Train in the processes of `self.launcher` (safebench/launch.py), then record their curves."""
+        stage_key = self.stage_key(name, material)
+        spec = {
+            "name": name, "stage_key": stage_key, "out_dir": str(out_dir), "seed": self.config.seed,
+            "data_dir": str(self.data_dir), "template": self.config.policy.template, "dtype": self.config.policy.dtype,
+            "quiet": self.quiet, "oracle": self.oracle() is not None, "recipe": recipe.model_dump(mode="json"),
+            "method_dirs": {k: str(v) for k, v in ctx_kwargs.get("method_dirs", {}).items()},
+            **{k: str(ctx_kwargs[k]) for k in ("policy_dir", "reward_model_dir", "cost_model_dir") if ctx_kwargs.get(k)},
+        }
+        self.launcher.run(launch.write_spec(work_dir, spec), self.log)
+        for step, metrics in sorted(launch.read_curves(work_dir).items()):
+            self.store.log_curve(stage_key, name, step, metrics)
+        launch.clear(work_dir)
 
     # --- the graph ---------------------------------------------------------------------------
     def run(self) -> Manifest:
@@ -428,9 +450,11 @@ class Pipeline:
 
 
 def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = False,
-                 request: dict | None = None, shared_runs: list[Path] = ()) -> PipelineRun:
+                 request: dict | None = None, shared_runs: list[Path] = (),
+                 launcher: launch.Launcher | None = None) -> PipelineRun:
     with run_lock(run_dir):
-        pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs)
+        pipeline = Pipeline(config, recipes, run_dir, quiet=quiet, request=request, shared_runs=shared_runs,
+                            launcher=launcher)
         try:
             manifest = pipeline.run()
         finally:
@@ -444,7 +468,7 @@ def run_pipeline(config: RunConfig, recipes: dict, run_dir: Path, quiet: bool = 
 # --- a set of seeds (safebench/seeds.py: its layout and results) ------------------------------
 
 def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seeds: list[int], out: Path, *,
-              quiet: bool = False) -> list:
+              quiet: bool = False, launcher: launch.Launcher | None = None) -> list:
     """Run the pipeline once per seed into OUT/seed-N, then write the summary and report across
     seeds into OUT. Returns each seed's `pipeline.PipelineRun`."""
     from safebench import config as config_module
@@ -462,7 +486,8 @@ def run_seeds(preset: str, methods: list[str] | None, overrides: list[str], seed
         config, recipes = config_module.resolve(preset, methods, seeded)
         runs.append(run_pipeline(config, recipes, seeds_module.seed_dir(out, seed), quiet=quiet,
                                  request=config_module.request_record(preset, methods, seeded),
-                                 shared_runs=[seeds_module.seed_dir(out, s) for s in seeds if s != seed]))
+                                 shared_runs=[seeds_module.seed_dir(out, s) for s in seeds if s != seed],
+                                 launcher=launcher))
     write_across_seeds(out)
     return runs
 

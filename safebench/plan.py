@@ -12,8 +12,10 @@ Memory per device, in bytes per parameter P (N devices):
   frozen models (reference, scorers) sit in policy.dtype.
   DeepSpeed ZeRO with bf16 (Rajbhandari et al. 2020, "ZeRO", §3: 2P weights + 2P gradients +
   12P fp32 master weights and Adam moments = 16P): ZeRO-2 divides gradients and optimizer states
-  by N, ZeRO-3 (and FSDP full sharding) the weights too; CPU offload moves master weights and
-  moments (12P) to host memory.
+  by N, ZeRO-3 the weights too; CPU offload moves master weights and moments (12P) to host memory.
+  FSDP2 as safebench's engine runs it (trainers/engine.py, the paper's launch file): float32
+  weights 4P, float32 gradients 4P and Adam's moments 8P, all divided by N (the same 16P);
+  fsdp_offload_params moves the weights, gradients and moments to host memory.
 Activations per token of a micro-batch: per layer, the inputs autograd keeps for a Llama layer
 (norms, q/k/v/o, the gated MLP: about 10 h + 4 I values) in the compute dtype; with gradient
 checkpointing (every DeepSpeed/FSDP launch, as Safe RLHF's scripts) each layer's input (h) plus one
@@ -27,6 +29,7 @@ memory bandwidth: one decode step reads every weight once (`DEVICES`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -191,14 +194,16 @@ def read_launch(path: Path | None, device: str | None) -> Launch:
         sharding: Sharding = "zero2" if stage == 2 else "zero3"
         offload = (ds.get("offload_optimizer_device") or "none") != "none"
     elif kind == "FSDP":
-        sharding, offload = "fsdp", bool((data.get("fsdp_config") or {}).get("fsdp_offload_params"))
+        fsdp = data.get("fsdp_config") or {}
+        sharding, offload = "fsdp", bool(fsdp.get("fsdp_offload_params"))
     elif kind in ("NO", "MULTI_GPU", "MULTI_CPU"):
         sharding, offload = "none", False
     else:
         raise UsageError(f"{path}: field 'distributed_type' = {kind!r}: expected DEEPSPEED, FSDP, MULTI_GPU or NO")
     default = "cpu" if data.get("use_cpu") else "a100-80gb"
-    return Launch(processes, sharding, offload, _device(device or default), str(path),
-                  checkpointing=sharding != "none")
+    # DeepSpeed launches recompute activations as Safe RLHF's scripts ask; the FSDP engine when its file says so
+    checkpointing = bool(fsdp.get("fsdp_activation_checkpointing")) if sharding == "fsdp" else sharding != "none"
+    return Launch(processes, sharding, offload, _device(device or default), str(path), checkpointing=checkpointing)
 
 
 def _device(name: str) -> Device:
@@ -294,7 +299,15 @@ def stage_memory(stage: StagePlan, launch: Launch, dtype: str) -> dict[str, floa
             weights += p * compute / launch.split("weights")
             continue
         trained = p * model.trainable_share
-        if deepspeed:
+        if launch.sharding == "fsdp":
+            # safebench's FSDP2 engine (trainers/engine.py): float32 weights are the master copy and
+            # gradients reduce-scatter in float32, all sharded; the compute-dtype copy of one layer
+            # at a time lives only while it runs
+            weights += p * 4 / launch.split("weights")
+            grads += trained * 4 / launch.split("grads")
+            if not launch.offload:
+                optimizer += trained * 8 / launch.split("optimizer")
+        elif deepspeed:
             weights += p * compute / launch.split("weights")
             grads += trained * compute / launch.split("grads")
             if not launch.offload:
@@ -634,9 +647,10 @@ def check_fits(plan: Plan) -> None:
         if stage.total > capacity:
             launch = plan.launch
             if launch.sharding in ("zero3", "fsdp"):
-                advice = "use more devices (num_processes), CPU offload (offload_optimizer_device: cpu) or a smaller micro_batch_size"
+                advice = ("use more devices (num_processes), CPU offload (fsdp_offload_params: true; DeepSpeed: "
+                          "offload_optimizer_device: cpu) or a smaller micro_batch_size")
             else:
-                advice = "shard with DeepSpeed ZeRO-3 (--launch trainers/launch/paper.yaml) or lower micro_batch_size"
+                advice = "shard with FSDP2 (--launch trainers/launch/paper.yaml) or lower micro_batch_size"
             raise UsageError(f"stage '{stage.name}' needs {stage.total / GIB:.1f} GiB per device; the device "
                              f"({launch.device.name}) holds {launch.device.memory_gib:.0f} GiB "
                              f"({launch.processes} process(es), sharding {launch.sharding}): {advice}")
@@ -648,8 +662,12 @@ def add_options(parser) -> None:
                         help="print the plan (memory per device, tokens, device-hours, judge cost) and exit; "
                              "exit 2 if a stage cannot fit")
     parser.add_argument("--launch", type=Path, default=None, metavar="FILE",
-                        help="with --dry-run: an accelerate config file (default: trainers/launch/PRESET.yaml "
+                        help="an accelerate config file: the training stages run as `accelerate launch` processes "
+                             "with it (the dry run plans with it; default for the dry run: trainers/launch/PRESET.yaml "
                              "if there is one, else one process)")
+    parser.add_argument("--num-processes", type=int, default=None, metavar="N",
+                        help="train each stage in N processes (with the preset's launch file when it has one, "
+                             "else data parallel); overrides the launch file's num_processes")
     parser.add_argument("--device", default=None, choices=sorted(DEVICES),
                         help="with --dry-run: the device kind (default: a100-80gb with a GPU launch file, else cpu)")
 
@@ -657,12 +675,16 @@ def add_options(parser) -> None:
 def dry_run(args, config, recipes) -> int:
     """`safebench run --dry-run`: print the plan; exit 2 (UsageError) when a stage cannot fit."""
     if not args.dry_run:
-        raise UsageError("--launch and --device describe a plan: use them with --dry-run "
-                         "(multi-process stages are not launched by `safebench run` yet)")
+        raise UsageError("--device describes a plan: use it with --dry-run")
     path = args.launch
     if path is None and launch_path(args.preset).is_file():
         path = launch_path(args.preset)
-    plan = build_plan(config, recipes, read_launch(path, args.device))
+    launch = read_launch(path, args.device)
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise UsageError(f"--num-processes {args.num_processes}: expected a positive integer")
+        launch = dataclasses.replace(launch, processes=args.num_processes)
+    plan = build_plan(config, recipes, launch)
     print(render(plan))
     check_fits(plan)
     return 0

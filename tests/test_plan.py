@@ -55,7 +55,7 @@ def test_a_plan_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1
-    assert "stage 'sft'" in err[0] and "80 GiB" in err[0] and "ZeRO-3" in err[0]
+    assert "stage 'sft'" in err[0] and "80 GiB" in err[0] and "FSDP2" in err[0]
 
 
 def test_launch_options_without_dry_run_are_refused(capsys):
@@ -69,5 +69,15 @@ def test_the_paper_launch_file_is_an_accelerate_config_and_the_plan_reads_it():
     path = plan.launch_path("paper")
     config = load_config_from_file(str(path))   # accelerate refuses unknown or malformed fields
     launch = plan.read_launch(path, None)
-    assert (launch.processes, launch.sharding, launch.offload) == (config.num_processes, "zero3", False)
+    assert (launch.processes, launch.sharding, launch.offload) == (config.num_processes, "fsdp", False)
+    assert config.fsdp_config["fsdp_version"] == 2
     assert config.mixed_precision == "bf16" and launch.checkpointing
+
+
+def test_num_processes_overrides_the_launch_files_count(capsys):
+    path = plan.launch_path("paper")
+    assert main(["run", "--preset", "tiny", "--methods", "sft", "--dry-run", "--launch", str(path),
+                 "--num-processes", "2", "--device", "cpu"]) == 0
+    assert "2 x cpu" in capsys.readouterr().out
+    assert main(["run", "--preset", "tiny", "--dry-run", "--num-processes", "0"]) == 2
+    assert "--num-processes 0" in capsys.readouterr().err

@@ -10,12 +10,12 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from pydantic import Field
 
 from safebench.files import atomic_directory, atomic_write_json
-from safebench.trainers import resume_state
+from safebench.trainers import engine, resume_state
 from safebench.trainers.base import RecipeBase, TrainContext
 
 if TYPE_CHECKING:
@@ -86,9 +86,10 @@ def train_supervised(
     model: torch.nn.Module,
     items: Sequence,
     loss_fn: Callable[[torch.nn.Module, list], tuple[torch.Tensor, dict]],
-) -> int:
+) -> TrainedModel:
     """Run the optimisation; `loss_fn(model, micro_batch_items)` returns (loss, metrics).
-    Returns the number of optimizer steps.
+    Every process of a launched stage runs it on its share of each batch (engine.py); returns the
+    trained model as placed for those processes (sharded under FSDP) and the optimizer step count.
 
     `model` holds float32 weights (the optimizer's master copy); `loss_fn` runs under autocast
     to `ctx.dtype`, so a bf16 run computes in bf16 while small updates still land in the weights
@@ -100,58 +101,87 @@ def train_supervised(
 
     torch.manual_seed(ctx.seed + recipe.seed_offset)
     batches = batch_order(len(items), recipe.batch_size, recipe.epochs, ctx.seed + recipe.seed_offset)
+    accelerator = engine.make_accelerator("no")  # autocast below; under FSDP its policy casts too
+    model = engine.place(accelerator, model, ctx.dtype)
     optimizer = adamw(decay_groups(model, recipe.weight_decay), recipe.lr, recipe.adam_betas)
     scheduler = get_scheduler(
         recipe.scheduler, optimizer, num_warmup_steps=math.ceil(recipe.warmup_ratio * len(batches)),
         num_training_steps=len(batches),
     )
-    device_type = next(model.parameters()).device.type
+    device_type = accelerator.device.type
     state_dir = ctx.work_dir / "state"
-    start = _restore(state_dir, model, optimizer, scheduler)
+    start = _restore(accelerator, state_dir, model, optimizer, scheduler)
     model.train()
-    bar = ctx.progress(len(batches), "train")
-    bar.update(start)
+    main = accelerator.is_main_process
+    bar = ctx.progress(len(batches), "train") if main else None
+    if bar is not None:
+        bar.update(start)
     for step in range(start, len(batches)):
         optimizer.zero_grad(set_to_none=True)
         batch = [items[i] for i in batches[step]]
-        micro = [batch[i:i + recipe.micro_batch_size] for i in range(0, len(batch), recipe.micro_batch_size)]
-        totals: dict[str, float] = {}
-        for chunk in micro:
+        local: dict[str, float] = {}
+        for chunk, weight in engine.micro_batches(accelerator, batch, recipe.micro_batch_size):
             with modeling.autocast(ctx.dtype, device_type):
                 loss, metrics = loss_fn(model, chunk)
-            (loss * len(chunk) / len(batch)).backward()
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + float(value) * len(chunk) / len(batch)
+            (loss * weight).backward()
+            for key, value in metrics.items():  # each process's share of the batch mean
+                local[key] = local.get(key, 0.0) + float(value) * weight / accelerator.num_processes
+        engine.average_gradients(accelerator, model)
+        totals = _sum_over_processes(accelerator, local)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        ctx.log(step + 1, lr=scheduler.get_last_lr()[0], **totals)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in list(totals.items())[:3]})
+        if main:
+            ctx.log(step + 1, lr=scheduler.get_last_lr()[0], **totals)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in list(totals.items())[:3]})
         if (step + 1) % recipe.checkpoint_every == 0 and step + 1 < len(batches):
-            _save(state_dir, step + 1, model, optimizer, scheduler)
-    bar.close()
+            _save(accelerator, state_dir, step + 1, model, optimizer, scheduler)
+    if bar is not None:
+        bar.close()
     model.eval()
-    return len(batches)
+    return TrainedModel(accelerator, model, len(batches))
 
 
-def _save(state_dir: Path, step: int, model, optimizer, scheduler) -> None:
-    with atomic_directory(state_dir) as tmp:
-        resume_state.write_state(tmp, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                       "scheduler": scheduler.state_dict(), "step": step})
-        atomic_write_json(tmp / "step.json", {"step": step})
+class TrainedModel(NamedTuple):
+    """What `train_supervised` leaves: the (possibly sharded) model, its processes and the step count."""
+
+    accelerator: Any
+    model: Any
+    steps: int
 
 
-def _restore(state_dir: Path, model, optimizer, scheduler) -> int:
-    state = resume_state.load(state_dir)
+def _sum_over_processes(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1 or not values:
+        return values
+    import torch
+
+    summed = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64,
+                                             device=accelerator.device), reduction="sum")
+    return dict(zip(values, summed.tolist()))
+
+
+def _save(accelerator, state_dir: Path, step: int, model, optimizer, scheduler) -> None:
+    model_state, optimizer_state = engine.full_state(accelerator, model, optimizer)
+    if accelerator.is_main_process:
+        with atomic_directory(state_dir) as tmp:
+            resume_state.write_state(tmp, {"model": model_state, "optimizer": optimizer_state,
+                                           "scheduler": scheduler.state_dict(), "step": step})
+            atomic_write_json(tmp / "step.json", {"step": step})
+    accelerator.wait_for_everyone()
+
+
+def _restore(accelerator, state_dir: Path, model, optimizer, scheduler) -> int:
+    state = engine.load_resume_state(accelerator, state_dir, ("model", "optimizer"))
     if state is None:
         return 0
     with resume_state.applying(state_dir):
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        engine.load_full_state(accelerator, model, state["model"], optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         return int(state["step"])
 
 
-def clear_state(ctx: TrainContext) -> None:
-    shutil.rmtree(ctx.work_dir / "state", ignore_errors=True)
+def clear_state(ctx: TrainContext, accelerator) -> None:
+    """Drop the resume state once the checkpoint is written (by the main process)."""
+    if accelerator.is_main_process:
+        shutil.rmtree(ctx.work_dir / "state", ignore_errors=True)

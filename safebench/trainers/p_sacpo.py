@@ -72,6 +72,11 @@ def step_dirs(sacpo_dir: Path) -> tuple[Path, Path]:
     return safety, helpfulness
 
 
+# A weight merge: nothing to distribute, so `safebench run --num-processes` runs it in its own process
+# (safebench/launch.py) rather than in launched processes that would all write the one checkpoint.
+LAUNCHED = False
+
+
 def train(ctx: TrainContext, recipe: Recipe) -> None:
     source = next((n for n in recipe.needs if n in ctx.method_dirs), None)
     if source is None:

@@ -45,7 +45,7 @@ import torch
 from safebench import modeling
 from safebench.errors import UsageError
 from safebench.files import atomic_directory, atomic_write_json
-from safebench.trainers import resume_state
+from safebench.trainers import engine, resume_state
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import adamw, batch_order, decay_groups
 from safebench.trainers.ppo_base import PPORecipe, SafetyMethod
@@ -212,17 +212,15 @@ class PPOTrainer:
 
     def __init__(self, recipe: PPORecipe, method: SafetyMethod, *, policy_dir, reward_model_dir, cost_model_dir,
                  template: str, dtype: str, seed: int, total_iterations: int):
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
         self.recipe, self.method, self.template, self.seed = recipe, method, template, seed
         mixed = recipe.mixed_precision
         if mixed == "auto":
             gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
             mixed = "bf16" if dtype == "bfloat16" or gpu_bf16 else "no"
-        AcceleratorState._reset_state()  # one process may train several methods with different settings
-        self.accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-        device = self.accelerator.device
+        self.accelerator = engine.make_accelerator(mixed)
+        # FSDP (engine.py) shards all six models; without it the trained ones are DDP replicas
+        self.sharded = engine.sharded(self.accelerator)
+        compute = "bfloat16" if mixed == "bf16" else dtype
         processes = self.accelerator.num_processes
         for field in ("prompt_batch_size", "train_batch_size"):
             if getattr(recipe, field) % processes:
@@ -234,6 +232,9 @@ class PPOTrainer:
         self.tokenizer = modeling.load_tokenizer(policy_dir)
         self.dtype = dtype
         lora = recipe.lora_rank > 0
+        if lora and self.sharded:
+            raise UsageError(f"lora_rank = {recipe.lora_rank}: LoRA is not supported with FSDP; set lora_rank: 0 "
+                             "or launch without FSDP")
         # Trained weights are float32 masters computed under autocast (DeepSpeed bf16, as Safe RLHF
         # trains); with LoRA only the adapters train, so the frozen base stays in `dtype`.
         trained_dtype = dtype if lora else "float32"
@@ -243,7 +244,7 @@ class PPOTrainer:
             actor = modeling.trainable_in_float32(_lora(actor, recipe, "CAUSAL_LM"))
             self.reference = None  # the base with adapters disabled
         else:
-            self.reference = _freeze(modeling.load_policy(policy_dir, dtype)).to(device)
+            self.reference = engine.place(self.accelerator, _freeze(modeling.load_policy(policy_dir, dtype)), compute)
 
         self.scorers: dict[str, torch.nn.Module | None] = {}
         self.scorer_tokenizers = {}
@@ -267,10 +268,14 @@ class PPOTrainer:
                 if lora:
                     critic = _lora(critic, recipe, "SEQ_CLS")
                 # read only at the end (modeling.end_scores), so an encoder scorer serves too
-                self.scorers[role] = _freeze(modeling.load_score_model(path, dtype)).to(device)
-            critics[role] = TokenScores(modeling.trainable_in_float32(critic))
+                self.scorers[role] = engine.place(self.accelerator, _freeze(modeling.load_score_model(path, dtype)),
+                                                  compute)
+            critic = modeling.trainable_in_float32(critic)
+            critics[role] = TokenScores(engine.place(self.accelerator, critic, compute) if self.sharded else critic)
         self.same_scorer_tokens = {role: _same_tokenizer(t, self.tokenizer) for role, t in self.scorer_tokenizers.items()}
 
+        if self.sharded:  # before the optimizers, which must hold the sharded parameters
+            actor = engine.place(self.accelerator, actor, compute)
         actor_steps = total_iterations * recipe.update_iters * self.optimizer_steps_per_update()
         actor_opt, actor_sched = self._optimizer(actor, recipe.actor_lr, recipe.actor_weight_decay,
                                                  recipe.actor_scheduler, recipe.actor_warmup_ratio, actor_steps,
@@ -281,9 +286,11 @@ class PPOTrainer:
         c_opt, c_sched = self._optimizer(critics["cost"], recipe.critic_lr, recipe.critic_weight_decay,
                                          recipe.critic_scheduler, recipe.critic_warmup_ratio, actor_steps,
                                          recipe.adam_betas)
+        prepared = (actor, critics["reward"], critics["cost"], actor_opt, r_opt, c_opt)
+        if not self.sharded:
+            prepared = self.accelerator.prepare(*prepared)
         (self.actor, self.reward_critic, self.cost_critic, self.actor_optimizer, self.reward_critic_optimizer,
-         self.cost_critic_optimizer) = self.accelerator.prepare(actor, critics["reward"], critics["cost"],
-                                                                actor_opt, r_opt, c_opt)
+         self.cost_critic_optimizer) = prepared
         self.schedulers = {"actor": actor_sched, "reward_critic": r_sched, "cost_critic": c_sched}
         self.rollout_engine = make_rollout(
             recipe.rollout_backend, model=self.unwrapped_actor, tokenizer=self.tokenizer, model_dir=policy_dir,
@@ -571,37 +578,51 @@ class PPOTrainer:
         return {**dict(zip(names, shared)), **losses, **explained, **self.method.metrics(), **self.timings}
 
     # --- resumable state ------------------------------------------------------------------------
+    def _trained(self):
+        return (("actor", self.actor, self.actor_optimizer), ("reward_critic", self.reward_critic,
+                                                              self.reward_critic_optimizer),
+                ("cost_critic", self.cost_critic, self.cost_critic_optimizer))
+
     def save_state(self, state_dir: Path, iteration: int) -> None:
+        from accelerate.utils import gather_object
+
+        # each process's own: a Lagrangian keeps the costs of its own rollouts (Safe RLHF)
+        methods = gather_object([self.method.state_dict()])
+        models, optimizers = {}, {}
+        for name, model, optimizer in self._trained():
+            if self.sharded:  # every process takes part in gathering the shards
+                models[name], optimizers[name] = engine.full_state(self.accelerator, model, optimizer)
+            else:
+                models[name] = _trainable_state(self.accelerator.unwrap_model(model))
+                optimizers[name] = optimizer.state_dict()
         if self.accelerator.is_main_process:
             with atomic_directory(state_dir) as tmp:
                 resume_state.write_state(tmp, {
-                    "iteration": iteration, "global_step": self.global_step,
-                    "models": {name: _trainable_state(self.accelerator.unwrap_model(m))
-                               for name, m in (("actor", self.actor), ("reward_critic", self.reward_critic),
-                                               ("cost_critic", self.cost_critic))},
-                    "optimizers": {"actor": self.actor_optimizer.state_dict(),
-                                   "reward_critic": self.reward_critic_optimizer.state_dict(),
-                                   "cost_critic": self.cost_critic_optimizer.state_dict()},
-                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-                    "method": self.method.state_dict(),
+                    "iteration": iteration, "global_step": self.global_step, "models": models,
+                    "optimizers": optimizers, "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                    "methods": methods,
                 })
                 atomic_write_json(tmp / "iteration.json", {"iteration": iteration})
         self.accelerator.wait_for_everyone()
 
     def restore_state(self, state_dir: Path) -> int:
-        state = resume_state.load(state_dir)
+        state = engine.load_resume_state(self.accelerator, state_dir, ("models", "optimizers"))
         if state is None:
             return 0
         with resume_state.applying(state_dir):
-            for name, model in (("actor", self.actor), ("reward_critic", self.reward_critic),
-                                ("cost_critic", self.cost_critic)):
-                self.accelerator.unwrap_model(model).load_state_dict(state["models"][name], strict=False)
-            self.actor_optimizer.load_state_dict(state["optimizers"]["actor"])
-            self.reward_critic_optimizer.load_state_dict(state["optimizers"]["reward_critic"])
-            self.cost_critic_optimizer.load_state_dict(state["optimizers"]["cost_critic"])
+            for name, model, optimizer in self._trained():
+                if self.sharded:  # the main process's copy, broadcast into the shards
+                    engine.load_full_state(self.accelerator, model, (state["models"] or {}).get(name), optimizer,
+                                           (state["optimizers"] or {}).get(name))
+                else:
+                    self.accelerator.unwrap_model(model).load_state_dict(state["models"][name], strict=False)
+                    optimizer.load_state_dict(state["optimizers"][name])
             for key, scheduler in self.schedulers.items():
                 scheduler.load_state_dict(state["schedulers"][key])
-            self.method.load_state_dict(state["method"])
+            methods = state["methods"]
+            if len(methods) != self.accelerator.num_processes:
+                raise ValueError(f"saved by {len(methods)} process(es), resumed by {self.accelerator.num_processes}")
+            self.method.load_state_dict(methods[self.accelerator.process_index])
             self.global_step = state["global_step"]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return int(state["iteration"])
@@ -622,6 +643,9 @@ class PPOTrainer:
 
     def save_policy(self, out_dir: Path) -> None:
         """The trained actor as an ordinary HF checkpoint (LoRA merged into the weights)."""
+        if self.sharded:
+            engine.save_pretrained(self.accelerator, self.actor, self.tokenizer, out_dir, self.dtype)
+            return
         if self.accelerator.is_main_process:
             actor = self.unwrapped_actor
             if hasattr(actor, "merge_and_unload"):

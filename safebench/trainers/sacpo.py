@@ -53,6 +53,7 @@ from pydantic import Field, field_validator, model_validator
 from safebench import modeling
 from safebench.errors import UsageError
 from safebench.files import atomic_directory
+from safebench.trainers import engine
 from safebench.trainers.base import RecipeBase, TrainContext
 
 STEPS = ("helpfulness", "safety")
@@ -247,7 +248,7 @@ def _curve_callback(ctx: TrainContext, step_name: str):
         def on_log(self, args, state, control, logs=None, **kwargs):
             numbers = {f"{step_name}/{k}": float(v) for k, v in (logs or {}).items()
                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if numbers:
+            if numbers and state.is_world_process_zero:  # one process logs (several under a launch)
                 ctx.log(state.global_step, **numbers)
 
     return CurveCallback()
@@ -261,11 +262,18 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
 
     from trl import DPOConfig, KTOConfig
 
+    from accelerate import PartialState
+
     dpo_cls, kto_cls = _trainer_classes()
+    # batch sizes are global: P processes (`safebench run --num-processes`) share each step
+    processes = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    if step["batch_size"] % (recipe.micro_batch_size * processes):
+        raise UsageError(f"{step['name']} step: batch size {step['batch_size']}: expected a multiple of micro_batch_size "
+                         f"({recipe.micro_batch_size}) x the number of processes ({processes})")
     common = dict(
         output_dir=str(output_dir), num_train_epochs=step["epochs"],
         per_device_train_batch_size=recipe.micro_batch_size,
-        gradient_accumulation_steps=step["batch_size"] // recipe.micro_batch_size,
+        gradient_accumulation_steps=step["batch_size"] // (recipe.micro_batch_size * processes),
         learning_rate=step["lr"], lr_scheduler_type=recipe.scheduler, warmup_steps=recipe.warmup_ratio,
         weight_decay=recipe.weight_decay, beta=step["beta"], max_length=recipe.max_length,
         precompute_ref_log_probs=recipe.lora_rank == 0, precompute_ref_batch_size=max(recipe.micro_batch_size, 16),
@@ -277,12 +285,16 @@ def build_trainer(ctx: TrainContext, recipe: Recipe, step: dict, model, tokenize
     callbacks = [_curve_callback(ctx, step["name"])]
     if step["loss"] == "dpo":
         dataset = dpo_dataset(tokenizer, preference_pairs(step["name"], ctx.data.preference), ctx.template, recipe)
+        if processes > 1:
+            dataset = _shared_on_disk(dataset, output_dir / "dataset")
         args = DPOConfig(loss_type=["sigmoid"], **common)
         return dpo_cls(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
                        callbacks=callbacks)
     examples = kto_examples(step["name"], ctx.data.preference)
     desirable_weight, undesirable_weight = kto_weights(examples)
     dataset = kto_dataset(tokenizer, examples, ctx.template, recipe, ctx.seed)
+    if processes > 1:
+        dataset = _shared_on_disk(dataset, output_dir / "dataset")
     args = KTOConfig(loss_type="kto", desirable_weight=desirable_weight, undesirable_weight=undesirable_weight,
                      train_sampling_strategy="sequential", **common)
     return kto_cls(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -320,6 +332,21 @@ def trainable_model(start_dir: Path, recipe: Recipe, dtype: str):
     return modeling.trainable_in_float32(get_peft_model(model, config))
 
 
+def _shared_on_disk(dataset, directory: Path):
+    """The dataset read back from `directory`: TRL caches the precomputed reference log-probs beside a
+    dataset's files, where every process finds them (an in-memory dataset's cache is in a temporary
+    directory of each process's own, and the others wait for a file they never see)."""
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    state = PartialState()
+    with state.main_process_first():
+        if state.is_main_process:
+            shutil.rmtree(directory, ignore_errors=True)
+            dataset.save_to_disk(str(directory))
+        return load_from_disk(str(directory))
+
+
 def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out_dir: Path) -> None:
     """Align the model in `start_dir` (which is also the step's reference) and save it to `out_dir`."""
     import torch
@@ -338,14 +365,20 @@ def run_step(ctx: TrainContext, recipe: Recipe, step: dict, start_dir: Path, out
     resume = get_last_checkpoint(str(trainer_dir))
     trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: the step's output is an ordinary checkpoint
-        model = model.merge_and_unload()
-    model.eval()
-    if ctx.dtype == "bfloat16":
-        model = model.to(torch.bfloat16)
-    with atomic_directory(out_dir) as tmp:
-        modeling.save_checkpoint(model, tokenizer, tmp)
-    shutil.rmtree(trainer_dir, ignore_errors=True)
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:  # one writer, from weights gathered where they are sharded
+        state = accelerator.get_state_dict(trainer.model_wrapped)
+        model = engine.plain_copy(model, state) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        if hasattr(model, "merge_and_unload"):  # LoRA: the step's output is an ordinary checkpoint
+            model = model.merge_and_unload()
+        model.eval()
+        if ctx.dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        with atomic_directory(out_dir) as tmp:
+            modeling.save_checkpoint(model, tokenizer, tmp)
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _silence_libraries() -> None:
@@ -384,6 +417,10 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
         if not (step_dir / "config.json").exists():  # a finished step survives a crash of the next one
             run_step(ctx, recipe, step, start, step_dir)
         start = step_dir  # the second step starts from, and is regularised towards, the first's output
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # the checkpoint has one writer
+        return
     for name in recipe.step_names():
         _link_tree(finished / name, ctx.out_dir / "steps" / name)
     _link_tree(start, ctx.out_dir)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, field_validator, model_validator
 
 from safebench import backbones, modeling
+from safebench.trainers import engine
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
 
@@ -245,10 +246,15 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
             loss = cost_loss(low, high, low_sign, high_sign, recipe.regularization)
         return loss, {"loss": loss.item(), **pair_metrics(recipe.kind, high, low, chunk)}
 
-    steps = train_supervised(ctx, recipe, model, items, loss_fn)
-    model.to(modeling.torch_dtype(ctx.dtype))  # the weights the checkpoint will hold
+    trained = train_supervised(ctx, recipe, model, items, loss_fn)
+    model, accelerator = trained.model, trained.accelerator
+    if not engine.sharded(accelerator):
+        model.to(modeling.torch_dtype(ctx.dtype))  # the weights the checkpoint will hold (FSDP computes in them)
     if ctx.data.heldout:
-        # Logged at the last training step, so the curves show where training left the model.
-        ctx.log(steps, **heldout_metrics(model, tokenizer, recipe, ctx.data.heldout, ctx.template))
-    modeling.save_checkpoint(model, tokenizer, ctx.out_dir)
-    clear_state(ctx)
+        # Logged at the last training step, so the curves show where training left the model; every
+        # process evaluates (sharded ones must run the same passes), the main one logs.
+        metrics = heldout_metrics(model, tokenizer, recipe, ctx.data.heldout, ctx.template)
+        if accelerator.is_main_process:
+            ctx.log(trained.steps, **metrics)
+    engine.save_pretrained(accelerator, model, tokenizer, ctx.out_dir, ctx.dtype)
+    clear_state(ctx, accelerator)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from safebench import modeling
+from safebench.trainers import engine
 from safebench.trainers.base import TrainContext
 from safebench.trainers.loop import SupervisedRecipe, clear_state, train_supervised
 
@@ -41,6 +42,6 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
                              r["response"], recipe.max_length)
         for r in ctx.data.sft
     ]
-    train_supervised(ctx, recipe, model, examples, lambda m, chunk: response_only_loss(m, tokenizer, chunk))
-    modeling.save_checkpoint(model, tokenizer, ctx.out_dir, ctx.dtype)
-    clear_state(ctx)
+    trained = train_supervised(ctx, recipe, model, examples, lambda m, chunk: response_only_loss(m, tokenizer, chunk))
+    engine.save_pretrained(trained.accelerator, trained.model, tokenizer, ctx.out_dir, ctx.dtype)
+    clear_state(ctx, trained.accelerator)

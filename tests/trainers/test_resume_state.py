@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from safebench.errors import UsageError
-from safebench.trainers import loop, resume_state
+from safebench.trainers import engine, loop, resume_state
 
 
 class Payload:
@@ -21,6 +21,12 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def accelerator():
+    """One process's, as `train_supervised` makes it (the loop saves and restores through it)."""
+    return engine.make_accelerator("no")
 
 
 def _trained_parts(seed: int = 0):
@@ -53,7 +59,7 @@ def test_state_round_trips_models_optimizers_schedulers_and_plain_values(tmp_pat
     assert fresh_scheduler.last_epoch == scheduler.last_epoch
 
 
-def test_a_planted_pickle_is_never_executed(tmp_path, capsys):
+def test_a_planted_pickle_is_never_executed(tmp_path, capsys, accelerator):
     """A `torch.save` file in every place resume state lives: none of it runs; the stage starts over."""
     marker = tmp_path / "payload-ran"
     state_dir = tmp_path / "work" / "state"
@@ -62,28 +68,28 @@ def test_a_planted_pickle_is_never_executed(tmp_path, capsys):
     torch.save({"model": Payload(marker), "step": 5}, state_dir / resume_state.TENSORS)
     (state_dir / resume_state.STRUCTURE).write_text(json.dumps({"dict": [["step", {"value": 5}]]}))
     model, optimizer, scheduler = _trained_parts()
-    assert loop._restore(state_dir, model, optimizer, scheduler) == 0
+    assert loop._restore(accelerator, state_dir, model, optimizer, scheduler) == 0
     assert not marker.exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "starting this stage over" in err
 
 
-def test_a_state_of_another_model_is_refused_with_one_line(tmp_path):
+def test_a_state_of_another_model_is_refused_with_one_line(tmp_path, accelerator):
     model, optimizer, scheduler = _trained_parts()
-    loop._save(tmp_path / "state", 3, model, optimizer, scheduler)
+    loop._save(accelerator, tmp_path / "state", 3, model, optimizer, scheduler)
     other = torch.nn.Linear(3, 3)
     other_optimizer = torch.optim.AdamW(other.parameters())
     other_scheduler = torch.optim.lr_scheduler.LambdaLR(other_optimizer, lambda step: 1.0)
     with pytest.raises(UsageError, match="delete that directory") as info:
-        loop._restore(tmp_path / "state", other, other_optimizer, other_scheduler)
+        loop._restore(accelerator, tmp_path / "state", other, other_optimizer, other_scheduler)
     assert "\n" not in str(info.value)
 
 
-def test_resume_gives_the_saved_step_and_weights(tmp_path):
+def test_resume_gives_the_saved_step_and_weights(tmp_path, accelerator):
     model, optimizer, scheduler = _trained_parts()
-    loop._save(tmp_path / "state", 3, model, optimizer, scheduler)
+    loop._save(accelerator, tmp_path / "state", 3, model, optimizer, scheduler)
     fresh, fresh_optimizer, fresh_scheduler = _trained_parts(seed=1)
-    assert loop._restore(tmp_path / "state", fresh, fresh_optimizer, fresh_scheduler) == 3
+    assert loop._restore(accelerator, tmp_path / "state", fresh, fresh_optimizer, fresh_scheduler) == 3
     assert math.isclose(fresh_scheduler.get_last_lr()[0], scheduler.get_last_lr()[0])
     for key, value in model.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[key], value)

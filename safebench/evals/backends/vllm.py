@@ -182,7 +182,8 @@ class VLLMRollout:
 
 
 def _full_state_dict(model) -> dict:
-    """Checkpoint-named weights of a plain HF model, or of a PEFT model with its adapters merged."""
+    """Checkpoint-named weights of a plain HF model, of a PEFT model with its adapters merged, or of an
+    FSDP-sharded model gathered whole."""
     if hasattr(model, "merge_adapter") and hasattr(model, "get_base_model"):
         model.merge_adapter()
         try:
@@ -194,4 +195,12 @@ def _full_state_dict(model) -> dict:
             return state
         finally:
             model.unmerge_adapter()
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        # sharded (safebench/trainers/engine.py): every process gathers the whole weights for its own
+        # engine, as each pushes them (a collective: all processes sync at the same point)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     return dict(model.state_dict())
