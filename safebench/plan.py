@@ -449,6 +449,8 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
                                     [Held(recipe.kind, policy, "score", True, recipe.train_layers)],
                                     2 * recipe.micro_batch_size, recipe.max_length, tokens, 0))
     for name, recipe in recipes.items():
+        if config.trained_as(name) != name:
+            continue  # equal settings to another method: the pipeline trains that stage once
         trainer = recipe.trainer
         if trainer in ("ppo_lag", "repo"):
             reward, cost = scorer_shapes.get("reward", policy), scorer_shapes.get("cost", policy)

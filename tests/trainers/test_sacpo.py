@@ -327,6 +327,7 @@ def test_smol_preset_runs_every_method_and_p_sacpo_merges_its_sacpo_stage(tmp_pa
     assert main(["run", "--preset", "smol", "--dry-run", "--out", str(tmp_path / "run")]) == 0
     planned = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()}
     assert {"sft", "reward-model", "cost-model", "ppo-lag", "repo", "sacpo", "p-sacpo"} <= planned
+    assert "sacpo[beta_over_lambda=0.01]" not in planned  # the same stage as sacpo: planned (and paid for) once
     config, recipes = config_module.resolve("smol")
     assert config.methods == ["sft", "ppo-lag", "repo", "sacpo", "p-sacpo"]
     assert config.trained_as("sacpo[beta_over_lambda=0.01]") == "sacpo"  # one SACPO run serves both rows
