@@ -174,7 +174,7 @@ class Pipeline:
 
         def build(directory: Path) -> dict:
             with atomic_directory(directory / "model") as tmp:
-                if self.launcher is not None and getattr(module, "LAUNCHED", True):
+                if self.launcher is not None and getattr(module, "launched", lambda recipe: True)(recipe):
                     self.launch_stage(name, material, recipe, tmp, directory / "work", ctx_kwargs)
                 else:
                     ctx = TrainContext(

@@ -434,7 +434,9 @@ def plan_stages(config, recipes: dict, sizes: DataSizes) -> list[StagePlan]:
     stages: list[StagePlan] = []
     for name, recipe in recipes.items():
         trainer = recipe.trainer
-        if trainer == "sft":
+        if trainer == "sft" and recipe.keep_base:
+            stages.append(StagePlan(name, [], 0, 0, 0, 0, note=f"the base model kept as is: {config.policy.init}"))
+        elif trainer == "sft":
             tokens = round(sizes.sft * recipe.epochs) * recipe.max_length
             stages.append(StagePlan(name, [Held("policy", policy, "lm", True)], recipe.micro_batch_size,
                                     recipe.max_length, tokens, 0, logit_positions=recipe.max_length))

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 OVERRIDES = [
     "judge=null", "suites=[pku-saferlhf-test]", "generation.backend=hf", "generation.max_new_tokens=8",
     "generation.batch_size=16",
+    "trainers.sft.keep_base=false",  # the preset keeps alpaca-7b-reproduced as is; here SFT trains, to rehearse it
     "trainers.sft.epochs=1", "trainers.sft.batch_size=8", "trainers.sft.micro_batch_size=8", "trainers.sft.max_length=48",
     "trainers.reward-model.epochs=1", "trainers.reward-model.batch_size=8", "trainers.reward-model.micro_batch_size=4",
     "trainers.reward-model.max_length=48",

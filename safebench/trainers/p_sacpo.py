@@ -72,9 +72,11 @@ def step_dirs(sacpo_dir: Path) -> tuple[Path, Path]:
     return safety, helpfulness
 
 
-# A weight merge: nothing to distribute, so `safebench run --num-processes` runs it in its own process
-# (safebench/launch.py) rather than in launched processes that would all write the one checkpoint.
-LAUNCHED = False
+def launched(recipe: Recipe) -> bool:
+    """A weight merge: nothing to distribute, so `safebench run --num-processes` runs it in its own
+    process (safebench/launch.py) rather than in launched processes that would all write the one
+    checkpoint."""
+    return False
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:

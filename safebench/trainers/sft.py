@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
 
 class Recipe(SupervisedRecipe):
-    pass
+    # The base model is already the SFT model: the stage keeps it as it is, untrained. Safe RLHF,
+    # SACPO and RePO all start from PKU-Alignment/alpaca-7b-reproduced, Alpaca-7B fine-tuned by
+    # Safe RLHF itself, and train it no further (the paper preset sets this; docs/fidelity.md).
+    keep_base: bool = False
+
+
+def launched(recipe: Recipe) -> bool:
+    """A kept base model is copied, not trained: no processes to start for it."""
+    return not recipe.keep_base
 
 
 def response_only_loss(model, tokenizer, examples: list[tuple[list[int], int]]) -> tuple[torch.Tensor, dict]:
@@ -35,6 +43,9 @@ def response_only_loss(model, tokenizer, examples: list[tuple[list[int], int]]) 
 
 
 def train(ctx: TrainContext, recipe: Recipe) -> None:
+    if recipe.keep_base:
+        keep_base(ctx)
+        return
     tokenizer = modeling.load_tokenizer(ctx.policy_dir)
     model = modeling.load_policy(ctx.policy_dir, "float32")  # master weights; computes in ctx.dtype
     examples = [
@@ -45,3 +56,18 @@ def train(ctx: TrainContext, recipe: Recipe) -> None:
     trained = train_supervised(ctx, recipe, model, examples, lambda m, chunk: response_only_loss(m, tokenizer, chunk))
     engine.save_pretrained(trained.accelerator, trained.model, tokenizer, ctx.out_dir, ctx.dtype)
     clear_state(ctx, trained.accelerator)
+
+
+def keep_base(ctx: TrainContext) -> None:
+    """The base checkpoint's files as the stage's model: hard links where the file system allows
+    (a 7B model is not copied), a copy otherwise."""
+    import os
+    import shutil
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    shutil.copytree(ctx.policy_dir, ctx.out_dir, copy_function=link_or_copy, dirs_exist_ok=True)

@@ -36,3 +36,28 @@ def test_encode_pair_appends_eos_and_counts_prompt_tokens():
     assert ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids[:n_prompt]) == prompt
     assert tokenizer.decode(ids[n_prompt:], skip_special_tokens=True) == "sorry , i can not help with that ."
+
+
+def test_a_kept_base_model_is_the_sft_checkpoint_untrained(tmp_path):
+    """`keep_base` (the paper preset: alpaca-7b-reproduced is the papers' SFT model): the stage's
+    model is the base checkpoint file for file, and the dry run plans no training for it."""
+    from safebench import config as config_module
+    from safebench.plan import DataSizes, plan_stages
+    from safebench.trainers import sft
+    from safebench.trainers.base import TrainContext
+
+    base = tmp_path / "base"
+    (base / "nested").mkdir(parents=True)
+    files = {"config.json": b"{}", "model.safetensors": b"weights", "nested/tokenizer.json": b"{}"}
+    for name, data in files.items():
+        (base / name).write_bytes(data)
+    ctx = TrainContext(name="sft", stage_key="k", out_dir=tmp_path / "out", work_dir=tmp_path / "work", seed=0,
+                       data=None, template="plain", dtype="bfloat16", policy_dir=base, quiet=True)
+    sft.train(ctx, sft.Recipe(trainer="sft", keep_base=True))
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in files} == files
+    assert not sft.launched(sft.Recipe(trainer="sft", keep_base=True)) and sft.launched(sft.Recipe(trainer="sft"))
+
+    config, recipes = config_module.resolve("paper", ["sft"])
+    assert recipes["sft"].keep_base
+    (planned,) = [stage for stage in plan_stages(config, {"sft": recipes["sft"]}, DataSizes(10, 10, 10, "test"))]
+    assert (planned.train_tokens, planned.models) == (0, []) and "kept as is" in planned.note
