@@ -145,3 +145,27 @@ def test_rollout_batch_size_splits_generation_and_keeps_the_layout(checkpoints):
     assert batches[0].prompt_width == batches[1].prompt_width
     assert torch.equal(batches[0].sequences, batches[1].sequences)
     assert torch.equal(batches[0].attention_mask, batches[1].attention_mask)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_clipping_equals_torch_and_skips_only_a_multiply_by_one(checkpoints, monkeypatch, scale):
+    """The trainer's clip against torch's clip_grad_norm_ on the same gradients, bit for bit: with a
+    norm under max_grad_norm it leaves the gradients as they are without the pass that would multiply
+    them by 1; over it, it scales them as torch does."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **ONE_PASS)
+    trainer = make_trainer(checkpoints, recipe, ppo_lag.Lagrangian(recipe))
+    torch.manual_seed(0)
+    for p in trainer.actor.parameters():
+        p.grad = torch.randn_like(p) * scale
+    twins = []
+    for p in trainer.actor.parameters():
+        twins.append(torch.nn.Parameter(p.detach().clone()))
+        twins[-1].grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(twins, recipe.max_grad_norm)
+    scaled = []
+    real = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: scaled.append(1) or real(*a, **k))
+    trainer._clip_gradients(trainer.actor)
+    assert scaled == ([] if scale < 1 else [1])
+    for p, twin in zip(trainer.actor.parameters(), twins):
+        torch.testing.assert_close(p.grad, twin.grad, rtol=0, atol=0)
