@@ -169,3 +169,25 @@ def test_clipping_equals_torch_and_skips_only_a_multiply_by_one(checkpoints, mon
     assert scaled == ([] if scale < 1 else [1])
     for p, twin in zip(trainer.actor.parameters(), twins):
         torch.testing.assert_close(p.grad, twin.grad, rtol=0, atol=0)
+
+
+def test_the_lm_head_reads_contiguous_positions(checkpoints):
+    """The reference (frozen) reads the response positions through its LM head as one contiguous
+    block: a strided slice there makes torch copy the head once per row. The log-probs equal those
+    of the slice, bit for bit."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", mixed_precision="bf16", **ONE_PASS)
+    trainer = make_trainer(checkpoints, recipe, ppo_lag.Lagrangian(recipe))
+    prompts = [p["prompt"] for p in ppo_fixtures.world_data(8).prompts]
+    batch = trainer.rollout(prompts, seed=0)
+    contiguous = []
+    head = trainer.reference.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda module, args: contiguous.append(args[0].is_contiguous()))
+    with torch.no_grad(), trainer.accelerator.autocast():
+        log_probs = trainer.actor_log_probs(trainer.reference, batch)
+        n = batch.sequences.shape[1] - batch.prompt_width
+        sliced = trainer.reference(input_ids=batch.sequences, attention_mask=batch.attention_mask,
+                                   position_ids=ppo.position_ids(batch.attention_mask), logits_to_keep=n + 1).logits
+    hook.remove()
+    assert contiguous == [True, False]
+    expected = ppo.token_log_probs(sliced[:, :-1], batch.sequences[:, batch.prompt_width:])
+    torch.testing.assert_close(log_probs, expected, rtol=0, atol=0)
