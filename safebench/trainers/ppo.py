@@ -60,10 +60,18 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((values * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
 
 
-def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[label] without materialising the whole log-softmax."""
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor,
+                    entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log softmax(logits)[label] without materialising the whole log-softmax; with `entropy`, also
+    the entropy of each position's next-token distribution (detached), H = logsumexp(z) − Σ softmax(z)·z,
+    from the same float32 logits and logsumexp (one pass over the vocabulary each, not two)."""
     logits = logits.float()
-    return torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+    normaliser = torch.logsumexp(logits, -1)
+    log_probs = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1) - normaliser
+    if not entropy:
+        return log_probs
+    with torch.no_grad():
+        return log_probs, normaliser - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
 def kl_shaped_rewards(end_rewards: torch.Tensor, end_costs: torch.Tensor, log_probs: torch.Tensor,
@@ -115,12 +123,6 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     """0.5·mean max((V − G)², (clip(V, V_old ± ε) − G)²) (§3 step 6)."""
     clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution at each position, H = logsumexp(z) − Σ softmax(z)·z."""
-    logits = logits.float()
-    return torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
 
 
 def update_diagnostics(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -364,14 +366,14 @@ class PPOTrainer:
     def actor_log_probs(self, model, batch: RolloutBatch, entropy: bool = False):
         """log π(y_t | x, y_<t) for every response position [B, N]; with `entropy`, also the
         entropy of π(· | x, y_<t) there (detached)."""
-        n = batch.sequences.shape[1] - batch.prompt_width
+        # The positions that predict the response, as indices rather than a count: a count slices the
+        # last hidden states into a strided view, which a bf16 model (the reference) multiplies by the
+        # LM head as a batched matmul that first copies the head once per row (~1 s a pass for a 49k
+        # vocabulary on a CPU); gathered positions are contiguous and take one plain matmul.
+        keep = torch.arange(batch.prompt_width - 1, batch.sequences.shape[1], device=batch.sequences.device)
         logits = model(input_ids=batch.sequences, attention_mask=batch.attention_mask,
-                       position_ids=position_ids(batch.attention_mask), logits_to_keep=n + 1).logits[:, :-1]
-        log_probs = token_log_probs(logits, batch.sequences[:, batch.prompt_width:])
-        if entropy:
-            with torch.no_grad():
-                return log_probs, token_entropy(logits)
-        return log_probs
+                       position_ids=position_ids(batch.attention_mask), logits_to_keep=keep).logits[:, :-1]
+        return token_log_probs(logits, batch.sequences[:, batch.prompt_width:], entropy)
 
     @staticmethod
     def response_values(critic, batch: RolloutBatch) -> torch.Tensor:
@@ -465,7 +467,7 @@ class PPOTrainer:
                 self._accumulate_step(exp, start, stop, ptx, 0.5 if use_ptx else 1.0, share, totals, diagnostics,
                                       own)
                 for model, optimizer in zip(models, optimizers):
-                    self.accelerator.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
+                    self._clip_gradients(model)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 for scheduler in self.schedulers.values():
@@ -473,6 +475,25 @@ class PPOTrainer:
         totals["actor_lr"] = self.schedulers["actor"].get_last_lr()[0]
         self.rollout_engine.sync_weights(self.unwrapped_actor)
         return {**totals, **diagnostics}
+
+    def _clip_gradients(self, model) -> None:
+        """Clip the gradients' global norm to max_grad_norm (DeepSpeed's gradient_clipping in Safe
+        RLHF). torch's clip multiplies every gradient by min(1, max_norm / (norm + 1e-6)), a pass over
+        all of a model's gradients that changes nothing where the factor is exactly 1; that pass is
+        skipped then. Sharded, DeepSpeed and loss-scaled set-ups keep accelerate's own clip."""
+        from accelerate.utils import DistributedType
+
+        max_norm = self.recipe.max_grad_norm
+        plain = (self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                       DistributedType.MULTI_GPU)
+                 and self.accelerator.scaler is None)
+        if not plain:
+            self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            return
+        parameters = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
+        if not bool(max_norm / (norm + 1e-6) >= 1.0):  # a NaN norm scales too, as torch's clip does
+            torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, norm)
 
     def _accumulate_step(self, exp: dict, start: int, stop: int, ptx: list, actor_scale: float, share: float,
                          totals: dict[str, float], diagnostics: dict[str, float],

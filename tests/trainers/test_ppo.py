@@ -108,7 +108,8 @@ def test_explained_variance_of_perfect_mean_and_masked_values():
 def test_entropy_of_uniform_and_peaked_distributions():
     logits = torch.zeros(1, 2, 8)
     logits[0, 1, 3] = 100.0
-    entropy = ppo.token_entropy(logits)
+    log_probs, entropy = ppo.token_log_probs(logits, torch.tensor([[0, 3]]), entropy=True)
+    assert log_probs[0, 0].item() == pytest.approx(-math.log(8))
     assert entropy[0, 0].item() == pytest.approx(math.log(8))
     assert entropy[0, 1].item() == pytest.approx(0.0, abs=1e-6)
 

@@ -145,3 +145,49 @@ def test_rollout_batch_size_splits_generation_and_keeps_the_layout(checkpoints):
     assert batches[0].prompt_width == batches[1].prompt_width
     assert torch.equal(batches[0].sequences, batches[1].sequences)
     assert torch.equal(batches[0].attention_mask, batches[1].attention_mask)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_clipping_equals_torch_and_skips_only_a_multiply_by_one(checkpoints, monkeypatch, scale):
+    """The trainer's clip against torch's clip_grad_norm_ on the same gradients, bit for bit: with a
+    norm under max_grad_norm it leaves the gradients as they are without the pass that would multiply
+    them by 1; over it, it scales them as torch does."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", **ONE_PASS)
+    trainer = make_trainer(checkpoints, recipe, ppo_lag.Lagrangian(recipe))
+    torch.manual_seed(0)
+    for p in trainer.actor.parameters():
+        p.grad = torch.randn_like(p) * scale
+    twins = []
+    for p in trainer.actor.parameters():
+        twins.append(torch.nn.Parameter(p.detach().clone()))
+        twins[-1].grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(twins, recipe.max_grad_norm)
+    scaled = []
+    real = torch.nn.utils.clip_grads_with_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", lambda *a, **k: scaled.append(1) or real(*a, **k))
+    trainer._clip_gradients(trainer.actor)
+    assert scaled == ([] if scale < 1 else [1])
+    for p, twin in zip(trainer.actor.parameters(), twins):
+        torch.testing.assert_close(p.grad, twin.grad, rtol=0, atol=0)
+
+
+def test_the_lm_head_reads_contiguous_positions(checkpoints):
+    """The reference (frozen) reads the response positions through its LM head as one contiguous
+    block: a strided slice there makes torch copy the head once per row. The log-probs equal those
+    of the slice, bit for bit."""
+    recipe = ppo_lag.Recipe(trainer="ppo_lag", mixed_precision="bf16", **ONE_PASS)
+    trainer = make_trainer(checkpoints, recipe, ppo_lag.Lagrangian(recipe))
+    prompts = [p["prompt"] for p in ppo_fixtures.world_data(8).prompts]
+    batch = trainer.rollout(prompts, seed=0)
+    contiguous = []
+    head = trainer.reference.get_output_embeddings()
+    hook = head.register_forward_pre_hook(lambda module, args: contiguous.append(args[0].is_contiguous()))
+    with torch.no_grad(), trainer.accelerator.autocast():
+        log_probs = trainer.actor_log_probs(trainer.reference, batch)
+        n = batch.sequences.shape[1] - batch.prompt_width
+        sliced = trainer.reference(input_ids=batch.sequences, attention_mask=batch.attention_mask,
+                                   position_ids=ppo.position_ids(batch.attention_mask), logits_to_keep=n + 1).logits
+    hook.remove()
+    assert contiguous == [True, False]
+    expected = ppo.token_log_probs(sliced[:, :-1], batch.sequences[:, batch.prompt_width:])
+    torch.testing.assert_close(log_probs, expected, rtol=0, atol=0)
