@@ -138,7 +138,7 @@ class Pipeline:
         """What a training stage's key hashes: its validated recipe and the keys of its inputs. A need
         is hashed by the stage it is trained as, so p-sacpo needing `sacpo[beta_over_lambda=0.025]`
         is the p-sacpo that needs `sacpo` while that variant is sacpo (its key is the same too)."""
-        recipe = self.recipes[name].model_dump(mode="json")
+        recipe = self.recipes[name].key_fields()
         material = {"recipe": {**recipe, "needs": [self.config.trained_as(n) for n in recipe["needs"]]}, **key_material}
         if recipe.get("backbone"):  # a score model's start other than SFT: its contents, not only its name
             material["backbone"] = self.backbone_identity(recipe["backbone"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +20,19 @@ class RecipeBase(BaseModel):
     role: Literal["method", "score-model", "stage"] = "method"
     description: str = ""
     needs: list[str] = []  # other methods whose checkpoints this one builds on (p-sacpo: sacpo)
+
+    # Options added after stages of this trainer were first keyed, whose default is the behaviour
+    # those stages had: left out of the stage key while at their default, so that a new option does
+    # not make every existing run train again (set to anything else, it is keyed like any field).
+    KEY_NEUTRAL_DEFAULTS: ClassVar[tuple[str, ...]] = ()
+
+    def key_fields(self) -> dict:
+        """The recipe as a stage key hashes it (`KEY_NEUTRAL_DEFAULTS` at their default left out)."""
+        fields = self.model_dump(mode="json")
+        for name in self.KEY_NEUTRAL_DEFAULTS:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del fields[name]
+        return fields
 
     def check_needs(self, name: str, needed: dict[str, RecipeBase], where: str) -> None:
         """Refuse (UsageError) needed stages whose settings this method cannot build on; `where`

@@ -97,6 +97,7 @@ class Recipe(RecipeBase):
     # only the top N transformer layers train (with LoRA: only they get adapters), so the backward pass
     # stops there; None: every layer
     train_layers: int | None = Field(None, ge=1)
+    KEY_NEUTRAL_DEFAULTS = ("lora_rank", "lora_alpha", "lora_target_modules", "train_layers")
 
     @field_validator("micro_batch_size")
     @classmethod

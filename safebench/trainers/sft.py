@@ -24,6 +24,7 @@ class Recipe(SupervisedRecipe):
     # SACPO and RePO all start from PKU-Alignment/alpaca-7b-reproduced, Alpaca-7B fine-tuned by
     # Safe RLHF itself, and train it no further (the paper preset sets this; docs/fidelity.md).
     keep_base: bool = False
+    KEY_NEUTRAL_DEFAULTS = ("keep_base",)
 
 
 def launched(recipe: Recipe) -> bool:

@@ -56,6 +56,9 @@ def test_a_kept_base_model_is_the_sft_checkpoint_untrained(tmp_path):
     sft.train(ctx, sft.Recipe(trainer="sft", keep_base=True))
     assert {name: (tmp_path / "out" / name).read_bytes() for name in files} == files
     assert not sft.launched(sft.Recipe(trainer="sft", keep_base=True)) and sft.launched(sft.Recipe(trainer="sft"))
+    # an SFT stage keyed before the option existed keeps its key; keeping the base is another stage
+    assert "keep_base" not in sft.Recipe(trainer="sft").key_fields()
+    assert sft.Recipe(trainer="sft", keep_base=True).key_fields()["keep_base"] is True
 
     config, recipes = config_module.resolve("paper", ["sft"])
     assert recipes["sft"].keep_base
