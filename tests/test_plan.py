@@ -55,7 +55,9 @@ def test_a_plan_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1
-    assert "stage 'sft'" in err[0] and "80 GiB" in err[0] and "FSDP2" in err[0]
+    # the paper preset keeps alpaca-7b-reproduced as its SFT model, so the reward model is the
+    # first stage that trains
+    assert "stage 'reward-model'" in err[0] and "80 GiB" in err[0] and "FSDP2" in err[0]
 
 
 def test_launch_options_without_dry_run_are_refused(capsys):
